@@ -1,0 +1,1 @@
+"""Providers: thin I/O shells that produce OpenAI-style chunk dicts."""
