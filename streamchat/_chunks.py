@@ -15,6 +15,9 @@ from .errors import ProtocolError, UpstreamError, redact
 
 _OPEN, _CLOSE = "<think>", "</think>"
 
+DONE: Mapping[str, Any] = {"choices": []}
+"""Stands for ``data: [DONE]``: a source yields it when the server said the answer is complete."""
+
 
 class ThinkSplitter:
     """Split ``<think>…</think>`` out of content that arrives in arbitrary pieces."""
@@ -79,6 +82,9 @@ class ChunkDecoder:
             choices = chunk.get("choices")
         except AttributeError:
             raise ProtocolError(f"malformed chunk: expected a JSON object, got {_preview(chunk)}") from None
+        if chunk is DONE:
+            self.finish_reason = self.finish_reason or "stop"
+            return []
         if "error" in chunk and chunk["error"]:
             raise UpstreamError(self._error_message(chunk["error"]))
         events: list[StreamEvent] = []

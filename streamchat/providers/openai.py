@@ -1,0 +1,345 @@
+"""Any OpenAI-compatible server, through the official ``openai`` SDK.
+
+The SDK sends the request (auth, base URL, Azure, status errors); streamchat
+reads the body itself with its own SSE decoder, which lets it time the
+response headers, see pings, abort a blocked read from another thread, and
+keep per-chunk overhead below the SDK's own model parsing. Retries are left to
+the core (``max_retries=0`` here), which only retries before the first token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .._chunks import DONE
+from .._sse import SSEDecoder, SSEEvent
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    ConnectError,
+    ModelNotFoundError,
+    ProtocolError,
+    ProviderError,
+    RateLimitError,
+    ServerError,
+    StreamDropped,
+    StreamTimeout,
+    redact,
+)
+from ..messages import ChatRequest
+from ..options import Clock, Timeouts
+
+if TYPE_CHECKING:
+    import openai
+
+class OpenAIProvider:
+    """Streams from an OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: openai.OpenAI | None = None,
+        async_client: openai.AsyncOpenAI | None = None,
+        include_usage: bool = True,
+    ) -> None:
+        if not model:
+            raise ConfigError("model is required, e.g. model='gpt-4o-mini' or the name your server lists at /v1/models")
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        if urlsplit(self.base_url).scheme not in ("http", "https"):
+            raise ConfigError(f"base_url must start with http:// or https://, got {_host(self.base_url)!r}")
+        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.include_usage = include_usage
+        self._lock = threading.Lock()
+        import openai  # here, not in open(): importing it must not count as latency
+
+        key = self._api_key or "none"
+        self._client = client or openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0)
+        self._async_client = async_client or openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0)
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"OpenAIProvider(model={self.model!r}, base_url={_host(self.base_url)!r}, api_key={key})"
+
+    def redact(self, text: str) -> str:
+        return redact(text, (self._api_key,))
+
+    # -- clients (created once; retries off: the core retries) ----------------
+    def _sync(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client.max_retries:
+                self._client = self._client.with_options(max_retries=0)
+            return self._client
+
+    def _async(self) -> openai.AsyncOpenAI:
+        with self._lock:
+            if self._async_client.max_retries:
+                self._async_client = self._async_client.with_options(max_retries=0)
+            return self._async_client
+
+    def _kwargs(self, request: ChatRequest, timeouts: Timeouts) -> dict[str, Any]:
+        import openai
+
+        read = max((x for x in (timeouts.first_token, timeouts.idle) if x is not None), default=None)
+        kwargs: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": [m.to_dict() for m in request.messages],
+            "stream": True,
+            # The core enforces the precise limits; the socket timeout is a backstop.
+            "timeout": openai.Timeout(
+                connect=timeouts.connect, read=None if read is None else read + 1.0, write=30.0, pool=30.0
+            ),
+            **request.sampling(),
+            **request.extra,
+        }
+        if self.include_usage:
+            kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
+
+    # -- opening -------------------------------------------------------------
+    def open(self, request: ChatRequest, timeouts: Timeouts, clock: Clock) -> HTTPSource:
+        client = self._sync()
+        kwargs = self._kwargs(request, timeouts)
+        try:
+            cm = client.chat.completions.with_streaming_response.create(**kwargs)
+            response = cm.__enter__()
+        except Exception as exc:
+            if self._usage_rejected(exc, kwargs):
+                return self.open(request, timeouts, clock)
+            raise self._error(exc, kwargs["model"], timeouts) from None
+        return HTTPSource(response.http_response, clock.now_ns(), self)
+
+    async def aopen(self, request: ChatRequest, timeouts: Timeouts, clock: Clock) -> AsyncHTTPSource:
+        client = self._async()
+        kwargs = self._kwargs(request, timeouts)
+        try:
+            cm = client.chat.completions.with_streaming_response.create(**kwargs)
+            response = await cm.__aenter__()
+        except Exception as exc:
+            if self._usage_rejected(exc, kwargs):
+                return await self.aopen(request, timeouts, clock)
+            raise self._error(exc, kwargs["model"], timeouts) from None
+        return AsyncHTTPSource(response.http_response, clock.now_ns(), self)
+
+    def _usage_rejected(self, exc: Exception, kwargs: Mapping[str, Any]) -> bool:
+        """Some servers refuse ``stream_options``: drop it for good and try once more."""
+        status = getattr(exc, "status_code", None)
+        if status in (400, 422) and "stream_options" in kwargs and "stream_options" in str(exc):
+            self.include_usage = False
+            return True
+        return False
+
+    def _error(self, exc: Exception, model: str, timeouts: Timeouts) -> ProviderError:
+        """The SDK's exception as one of ours, with a message that says what to do."""
+        import openai
+
+        where = _host(self.base_url)
+        if isinstance(exc, openai.APITimeoutError):
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else ""
+            if "Connect" in cause and timeouts.connect is not None:
+                return StreamTimeout("connect", timeouts.connect)
+            return StreamTimeout("first_token", timeouts.first_token or 0)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return ConnectError(self.redact(f"could not connect to {where}: {cause}"))
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            said = self.redact(_server_message(exc))
+            if status in (401, 403):
+                return AuthenticationError(
+                    f"{where} refused the API key (HTTP {status}): {said}. Check OPENAI_API_KEY or --api-key.",
+                    status=status,
+                )
+            if status == 404:
+                return ModelNotFoundError(
+                    f"{where} answered 404 for model {model!r}: {said}. Check the model name and that base_url ends in /v1.",
+                    status=status,
+                )
+            if status == 429:
+                return RateLimitError(
+                    f"{where} is rate limiting (HTTP 429): {said}",
+                    status=status,
+                    retry_after=_retry_after(exc.response.headers),
+                )
+            if status >= 500:
+                return ServerError(
+                    f"{where} failed (HTTP {status}): {said}", status=status, retry_after=_retry_after(exc.response.headers)
+                )
+            return BadRequestError(f"{where} refused the request (HTTP {status}): {said}", status=status)
+        return ProviderError(self.redact(f"{type(exc).__name__} from {where}: {exc}"))
+
+
+class HTTPSource:
+    """Chunk dicts read from a streaming HTTP response (sync)."""
+
+    def __init__(self, response: Any, headers_ns: int, provider: OpenAIProvider) -> None:
+        self.headers_ns: int | None = headers_ns
+        self._response = response
+        self._bytes: Iterator[bytes] = response.iter_bytes()
+        self._decoder = SSEDecoder()
+        self._events: list[SSEEvent] = []
+        self._provider = provider
+        self._done = False
+        self._reading = False
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> HTTPSource:
+        return self
+
+    def __next__(self) -> Mapping[str, Any]:
+        while not self._events:
+            if self._closed or self._done:
+                raise StopIteration
+            self._reading = True
+            try:
+                data = next(self._bytes)
+            except StopIteration:
+                self._decoder.flush()
+                raise
+            except Exception as exc:
+                raise _read_error(exc) from None
+            finally:
+                self._reading = False
+            self._events = self._decoder.feed(data)
+        chunk = _parse(self._events.pop(0).data, self._provider)
+        self._done = chunk is DONE
+        return chunk
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._reading:
+            # Another thread is blocked in recv(): only shutdown() wakes it, and it
+            # sends the FIN at once, so the server sees the hang-up now.
+            _shutdown(self._response)
+        try:
+            self._response.close()
+        except Exception:
+            _shutdown(self._response)
+
+
+class AsyncHTTPSource:
+    """Chunk dicts read from a streaming HTTP response (async)."""
+
+    def __init__(self, response: Any, headers_ns: int, provider: OpenAIProvider) -> None:
+        self.headers_ns: int | None = headers_ns
+        self._response = response
+        self._bytes = response.aiter_bytes()
+        self._decoder = SSEDecoder()
+        self._events: list[SSEEvent] = []
+        self._provider = provider
+        self._done = False
+        self._closed = False
+
+    def __aiter__(self) -> AsyncHTTPSource:
+        return self
+
+    async def __anext__(self) -> Mapping[str, Any]:
+        while not self._events:
+            if self._closed or self._done:
+                raise StopAsyncIteration
+            try:
+                data = await self._bytes.__anext__()
+            except StopAsyncIteration:
+                self._decoder.flush()
+                raise
+            except Exception as exc:
+                raise _read_error(exc) from None
+            self._events = self._decoder.feed(data)
+        chunk = _parse(self._events.pop(0).data, self._provider)
+        self._done = chunk is DONE
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._response.aclose()
+        except Exception:
+            _shutdown(self._response)
+
+
+def _parse(data: str, provider: OpenAIProvider) -> Mapping[str, Any]:
+    if data == "[DONE]":
+        return DONE
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise ProtocolError(provider.redact(f"malformed chunk, not JSON: {data[:80]!r}")) from None
+    if not isinstance(chunk, dict):
+        raise ProtocolError(provider.redact(f"malformed chunk, not a JSON object: {data[:80]!r}"))
+    return chunk
+
+
+def _read_error(exc: Exception) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    name = type(exc).__name__
+    if "Timeout" in name:
+        return StreamTimeout("idle", 0)
+    return StreamDropped(f"the connection broke mid-answer ({name}: {exc})")
+
+
+def _shutdown(response: Any) -> None:
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])[:200]
+    text = str(getattr(exc, "message", "") or exc)
+    return text[:200]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    return f"{host}:{parts.port}" if parts.port else host
