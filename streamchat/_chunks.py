@@ -103,8 +103,9 @@ class ChunkDecoder:
             raise ProtocolError(f"malformed chunk: no 'choices' in {_preview(chunk)}")
         usage = chunk.get("usage")
         if usage:
+            source = "tokenizer" if usage.get("streamchat_source") == "tokenizer" else "server"
             events.append(
-                Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), t_ns)
+                Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), t_ns, source)
             )
         return events
 

@@ -202,6 +202,8 @@ class HTTPSource:
 
     def __next__(self) -> Mapping[str, Any]:
         while not self._events:
+            if self._done:
+                self._drain()
             if self._closed or self._done:
                 raise StopIteration
             self._reading = True
@@ -218,6 +220,14 @@ class HTTPSource:
         chunk = _parse(self._events.pop(0).data, self._provider)
         self._done = chunk is DONE
         return chunk
+
+    def _drain(self) -> None:
+        """Read the end of the body after ``[DONE]`` so the connection can be reused."""
+        try:
+            for _, _data in zip(range(4), self._bytes):
+                pass
+        except Exception:
+            pass
 
     def close(self) -> None:
         with self._lock:
