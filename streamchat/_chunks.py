@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._events import ReasoningDelta, StreamEvent, TextDelta, ToolCallDelta, Usage
+from ._events import ReasoningDelta, StreamEvent, TextDelta, TokenSource, ToolCallDelta, Usage
 from .errors import ProtocolError, UpstreamError, redact
 
 _OPEN, _CLOSE = "<think>", "</think>"
@@ -22,7 +22,7 @@ DONE: Mapping[str, Any] = {"choices": []}
 class ThinkSplitter:
     """Split ``<think>…</think>`` out of content that arrives in arbitrary pieces."""
 
-    __slots__ = ("_inside", "_held")
+    __slots__ = ("_held", "_inside")
 
     def __init__(self) -> None:
         self._inside = False
@@ -85,7 +85,7 @@ class ChunkDecoder:
         if chunk is DONE:
             self.finish_reason = self.finish_reason or "stop"
             return []
-        if "error" in chunk and chunk["error"]:
+        if chunk.get("error"):
             raise UpstreamError(self._error_message(chunk["error"]))
         events: list[StreamEvent] = []
         if choices:
@@ -103,7 +103,7 @@ class ChunkDecoder:
             raise ProtocolError(f"malformed chunk: no 'choices' in {_preview(chunk)}")
         usage = chunk.get("usage")
         if usage:
-            source = "tokenizer" if usage.get("streamchat_source") == "tokenizer" else "server"
+            source: TokenSource = "tokenizer" if usage.get("streamchat_source") == "tokenizer" else "server"
             events.append(
                 Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), t_ns, source)
             )

@@ -8,7 +8,7 @@ consumer-receipt time, the way benchmark clients measure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled", "error"]
 TokenSource = Literal["server", "tokenizer", "chunks"]
@@ -98,4 +98,4 @@ class Finish:
     kind: Literal["finish"] = "finish"
 
 
-StreamEvent = Union[TextDelta, ReasoningDelta, ToolCallDelta, Usage, Error, Finish]
+StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Error | Finish

@@ -33,7 +33,7 @@ class SSEEvent:
 class SSEDecoder:
     """Feed bytes as they arrive; get back the events they complete."""
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_retry", "_pending_cr", "comments")
+    __slots__ = ("_buf", "_data", "_event", "_id", "_pending_cr", "_retry", "comments")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -90,9 +90,8 @@ class SSEDecoder:
         elif name == "id":
             if "\0" not in value:
                 self._id = value
-        elif name == "retry":
-            if value.isdigit():
-                self._retry = int(value)
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
         return None
 
     def _dispatch(self) -> SSEEvent | None:

@@ -57,7 +57,13 @@ class _Result:
 
     @property
     def timings(self) -> Timings:
+        """The metrics so far (computed on each access: read it once per update)."""
         return self._core.state.timings()
+
+    @property
+    def request_start_ns(self) -> int:
+        """When the request was sent, on the stream's clock (0 before it starts)."""
+        return self._core.state.request_start_ns
 
     @property
     def request(self) -> ChatRequest:
@@ -148,9 +154,8 @@ class Stream(_Result):
         delay = core.retry_delay(error)
         if delay is not None:
             self._wake.clear()
-            if not core.clock.sleep(delay, self._wake):
-                return True
-            return False
+            woken = core.clock.sleep(delay, self._wake)
+            return not woken
         core.fail(error)
         return False
 

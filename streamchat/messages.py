@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from .errors import ConfigError
 
@@ -24,7 +24,7 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
-Prompt = Union[str, Message, Sequence[Union[Message, Mapping[str, Any]]]]
+Prompt = str | Message | Sequence[Message | Mapping[str, Any]]
 
 
 def to_messages(prompt: Prompt, *, system: str | None = None) -> tuple[Message, ...]:

@@ -57,9 +57,10 @@ class RetryPolicy:
         """Seconds to wait before trying again, or None to give up."""
         if retries_done >= self.max_retries or not error.retryable or isinstance(error, StreamTimeout):
             return None
-        if error.retry_after is not None:
-            return error.retry_after if error.retry_after <= self.max_retry_after_s else None
-        base = min(self.max_backoff_s, self.backoff_s * 2**retries_done)
+        after = error.retry_after
+        if after is not None:
+            return float(after) if after <= self.max_retry_after_s else None
+        base = min(self.max_backoff_s, self.backoff_s * 2.0**retries_done)
         return base * (1 - self.jitter * (rng or random).random())
 
 

@@ -22,6 +22,7 @@ moment streamchat sent the request (retries included: that is what a user waits)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ._events import FinishReason, TokenSource
 
@@ -53,13 +54,13 @@ class Timings:
     def chunk_gaps_s(self) -> tuple[float, ...]:
         """The gap before every output chunk; the first is measured from the request."""
         offsets = self.chunk_offsets_s
-        return tuple(b - a for a, b in zip((0.0, *offsets), offsets))
+        return tuple(b - a for a, b in zip((0.0, *offsets), offsets, strict=False))
 
     @property
     def itl_s(self) -> tuple[float, ...]:
         """Gaps between consecutive output chunks (vLLM's inter-token latency)."""
         offsets = self.chunk_offsets_s
-        return tuple(b - a for a, b in zip(offsets, offsets[1:]))
+        return tuple(b - a for a, b in pairwise(offsets))
 
     @property
     def tpot_s(self) -> float | None:

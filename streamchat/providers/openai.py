@@ -153,8 +153,8 @@ class OpenAIProvider:
                 return StreamTimeout("connect", timeouts.connect)
             return StreamTimeout("first_token", timeouts.first_token or 0)
         if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc
-            return ConnectError(self.redact(f"could not connect to {where}: {cause}"))
+            reason = exc.__cause__ or exc
+            return ConnectError(self.redact(f"could not connect to {where}: {reason}"))
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             said = self.redact(_server_message(exc))
@@ -224,7 +224,7 @@ class HTTPSource:
     def _drain(self) -> None:
         """Read the end of the body after ``[DONE]`` so the connection can be reused."""
         try:
-            for _, _data in zip(range(4), self._bytes):
+            for _, _data in zip(range(4), self._bytes, strict=False):
                 pass
         except Exception:
             pass

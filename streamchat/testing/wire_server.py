@@ -388,7 +388,7 @@ class _Conn:
             self.wait(None)
         head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
         del self.buf[: end + 4]
-        method, path, version = (head[0].split(" ", 2) + ["", ""])[:3]
+        method, path, version = [*head[0].split(" ", 2), "", ""][:3]
         headers: dict[str, str] = {}
         for line in head[1:]:
             name, _, value = line.partition(":")
