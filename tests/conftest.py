@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streamchat import AsyncStream, Stream, astream, stream
+from streamchat.providers.base import Provider
+
+Run = Callable[..., Any]
+
+
+class FakeClock:
+    """A clock that only moves when something sleeps: timing maths becomes exact."""
+
+    def __init__(self) -> None:
+        self.ns = 1_000_000_000
+
+    def now_ns(self) -> int:
+        return self.ns
+
+    def sleep(self, seconds: float, wake: threading.Event | None = None) -> bool:
+        self.ns += int(seconds * 1e9)
+        return False
+
+    async def asleep(self, seconds: float) -> None:
+        self.ns += int(seconds * 1e9)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["sync", "async"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """Stream to the end, sync or async; returns (finished stream, events)."""
+
+    def run_sync(provider: Provider, prompt: Any = "hi", **kw: Any) -> tuple[Stream, list[Any]]:
+        with stream(provider, prompt, **kw) as s:
+            return s, list(s)
+
+    def run_async(provider: Provider, prompt: Any = "hi", **kw: Any) -> tuple[AsyncStream, list[Any]]:
+        async def go() -> tuple[AsyncStream, list[Any]]:
+            async with astream(provider, prompt, **kw) as s:
+                return s, [e async for e in s]
+
+        return asyncio.run(go())
+
+    return run_sync if request.param == "sync" else run_async
