@@ -175,10 +175,14 @@ class LocalSource:
             except Exception as exc:
                 self._end()
                 raise StreamDropped(f"the model failed: {exc}", retryable=False) from None
-            choices = chunk.get("choices")
-            if choices and choices[0].get("finish_reason"):
-                self._finish = choices[0]["finish_reason"]
-            return chunk
+        if self._stop.is_set():
+            # close() came from another thread while this token was generated.
+            self.close()
+            raise StreamDropped("stopped")
+        choices = chunk.get("choices")
+        if choices and choices[0].get("finish_reason"):
+            self._finish = choices[0]["finish_reason"]
+        return chunk
 
     def _end(self) -> None:
         if not self._ended:
@@ -190,7 +194,7 @@ class LocalSource:
 
     def close(self) -> None:
         self._stop.set()
-        # If no other thread is generating, end now; otherwise that thread ends at its next token.
+        # If another thread is generating, it ends the source itself once its token is out.
         if self._busy.acquire(blocking=False):
             try:
                 self._end()
