@@ -8,12 +8,11 @@ import time
 from typing import Any
 
 import pytest
+from conftest import Run
 
 from streamchat import astream, stream
 from streamchat.errors import ModelNotFoundError
 from streamchat.providers.local import LocalProvider, default_model_path
-
-from conftest import Run
 
 
 class CountingLlama:

@@ -13,7 +13,7 @@ HEAVY = ("gradio", "openai", "llama_cpp", "ipywidgets", "httpx2", "numpy", "pand
 
 def test_all_is_sorted_and_complete() -> None:
     assert streamchat.__all__ == sorted(streamchat.__all__)
-    public = {name for name in dir(streamchat) if not name.startswith("_") and name[0].isupper() or name in ("stream", "astream")}
+    public = {name for name in dir(streamchat) if (not name.startswith("_") and name[0].isupper()) or name in ("stream", "astream")}
     modules = {"errors", "messages", "options", "providers", "timing", "record", "terminal", "cli", "testing"}
     assert public - modules <= set(streamchat.__all__)
     for name in streamchat.__all__:

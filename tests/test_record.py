@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import Run
 
 from streamchat import Fault, ScriptedProvider, stream
 from streamchat.errors import ConfigError
 from streamchat.record import ReplayProvider, record
-
-from conftest import Run
 
 
 def recorded(tmp_path: Path, **kwargs: object) -> tuple[Path, object]:

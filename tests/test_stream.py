@@ -7,12 +7,11 @@ import threading
 import time
 
 import pytest
+from conftest import FakeClock, Run
 
 from streamchat import Error, Fault, Finish, RetryPolicy, ScriptedProvider, TextDelta, Timeouts, Usage, astream, stream
 from streamchat.errors import ConfigError, RateLimitError, StreamTimeout
 from streamchat.providers.scripted import tokenize
-
-from conftest import FakeClock, Run
 
 FAST = {"ttft": 0.0, "tokens_per_s": 0.0}
 TEXT = "one two three four five six seven eight"
