@@ -5,22 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 
-from ._stream import stream
-from .errors import StreamchatError
-from .messages import Message
-from .options import RetryPolicy, Timeouts
-from .providers.base import Provider
-from .terminal import print_stream
+from .._stream import stream
+from ..errors import StreamchatError
+from ..messages import Message
+from ..options import RetryPolicy, Timeouts
+from ..providers.base import Provider
+from ..terminal import print_stream
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamchat", description="Streamed LLM chat: typed, timed events.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``chat`` and its flags."""
     chat = commands.add_parser("chat", help="stream an answer in the terminal (embedded model by default)")
+    chat.set_defaults(run=run)
     chat.add_argument("prompt", nargs="?", help="the prompt; without it, an interactive chat starts")
     where = chat.add_argument_group("provider (default: the embedded SmolLM2-135M-Instruct)")
     where.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
@@ -44,7 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("--idle-timeout", type=float, default=30.0)
     limits.add_argument("--total-timeout", type=float, default=600.0)
     limits.add_argument("--retries", type=int, default=2, help="retries before the first token (default 2)")
-    return parser
 
 
 def make_provider(args: argparse.Namespace) -> Provider:
@@ -53,20 +51,20 @@ def make_provider(args: argparse.Namespace) -> Provider:
     if len(chosen) > 1:
         raise StreamchatError("choose one of --base-url, --scripted, --replay, --model-path")
     if args.base_url:
-        from .providers.openai import OpenAIProvider
+        from ..providers.openai import OpenAIProvider
 
         if not args.model:
             raise StreamchatError("--model is required with --base-url (the name the server lists at /v1/models)")
         return OpenAIProvider(args.model, base_url=args.base_url, api_key=args.api_key)
     if args.scripted:
-        from .providers.scripted import ScriptedProvider
+        from ..providers.scripted import ScriptedProvider
 
         return ScriptedProvider()
     if args.replay:
-        from .record import ReplayProvider
+        from ..record import ReplayProvider
 
         return ReplayProvider(args.replay, speed=args.speed)
-    from .providers.local import LocalProvider
+    from ..providers.local import LocalProvider
 
     return LocalProvider(args.model_path)
 
@@ -116,9 +114,8 @@ def _interactive(provider: Provider, args: argparse.Namespace) -> int:
         history.append(Message("assistant", text))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run ``chat``; returns the exit status."""
     try:
         provider = make_provider(args)
         if args.prompt is None:
@@ -137,9 +134,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except StreamchatError as exc:
         print(f"streamchat: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if not hasattr(exc, "retryable") else EXIT_ERROR
+        return EXIT_ERROR if hasattr(exc, "retryable") else EXIT_USAGE
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
