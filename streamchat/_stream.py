@@ -111,7 +111,11 @@ class Stream(_Result):
         try:
             while True:
                 try:
-                    source = self._source or self._open()
+                    source = self._source
+                    if source is None:
+                        if core.timed_out:
+                            raise core.interruption()
+                        source = self._open()
                     try:
                         chunk = next(source)
                     except StopIteration:
@@ -137,10 +141,11 @@ class Stream(_Result):
         source = core.provider.open(core.request, core.timeouts, core.clock)
         with self._lock:
             self._source = source
-            closed = self._closed
-        if closed:
-            source.close()
-            raise StreamDropped("cancelled")
+            stopped = self._closed or core.timed_out is not None
+        if stopped:
+            # close() or a time limit came while the request was opening.
+            self._drop_source()
+            raise core.interruption()
         core.on_headers(source.headers_ns)
         return source
 
@@ -255,14 +260,16 @@ class AsyncStream(_Result):
                         break
                     if core.on_chunk(chunk):
                         break
-                except asyncio.CancelledError:
-                    if self._stopping_reader and task is not None and task.uncancel() == 0:
-                        await self._drop_source()
-                        raise StopAsyncIteration from None
-                    raise
                 except Exception as exc:
                     if not await self._failed(exc):
                         break
+        except asyncio.CancelledError:
+            # aclose() from another task woke us (wherever we were waiting): end quietly.
+            if self._stopping_reader and task is not None and task.uncancel() == 0:
+                await self._drop_source()
+                raise StopAsyncIteration from None
+            await self.aclose()
+            raise
         except BaseException:
             await self.aclose()
             raise

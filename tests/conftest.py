@@ -52,3 +52,38 @@ def run(request: pytest.FixtureRequest) -> Run:
         return asyncio.run(go())
 
     return run_sync if request.param == "sync" else run_async
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Any:
+    """Debian's Chromium driven by Playwright (never a downloaded browser).
+
+    Skips with the reason when Chromium is missing, except where
+    STREAMCHAT_REQUIRE_BROWSER=1 (CI), where a missing browser fails.
+    """
+    import os
+    import shutil
+
+    path = shutil.which("chromium")
+    if path is None:
+        message = "Debian's chromium is not installed (apt-get install chromium); browser tests need it"
+        if os.environ.get("STREAMCHAT_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()

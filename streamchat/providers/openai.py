@@ -93,14 +93,14 @@ class OpenAIProvider:
     def _kwargs(self, request: ChatRequest, timeouts: Timeouts) -> dict[str, Any]:
         import openai
 
-        read = max((x for x in (timeouts.first_token, timeouts.idle) if x is not None), default=None)
         kwargs: dict[str, Any] = {
             "model": request.model or self.model,
             "messages": [m.to_dict() for m in request.messages],
             "stream": True,
-            # The core enforces the precise limits; the socket timeout is a backstop.
+            # The core enforces the precise limits; socket timeouts are the backstop
+            # while a sync request waits for its headers, which nothing else interrupts.
             "timeout": openai.Timeout(
-                connect=timeouts.connect, read=None if read is None else read + 1.0, write=30.0, pool=30.0
+                connect=timeouts.connect, read=_backstop(_least(timeouts.first_token, timeouts.total)), write=30.0, pool=30.0
             ),
             **request.sampling(),
             **request.extra,
@@ -120,7 +120,9 @@ class OpenAIProvider:
             if self._usage_rejected(exc, kwargs):
                 return self.open(request, timeouts, clock)
             raise self._error(exc, kwargs["model"], timeouts) from None
-        return HTTPSource(response.http_response, clock.now_ns(), self)
+        http = response.http_response
+        _set_body_timeout(http, timeouts)
+        return HTTPSource(http, clock.now_ns(), self)
 
     async def aopen(self, request: ChatRequest, timeouts: Timeouts, clock: Clock) -> AsyncHTTPSource:
         client = self._async()
@@ -132,7 +134,9 @@ class OpenAIProvider:
             if self._usage_rejected(exc, kwargs):
                 return await self.aopen(request, timeouts, clock)
             raise self._error(exc, kwargs["model"], timeouts) from None
-        return AsyncHTTPSource(response.http_response, clock.now_ns(), self)
+        http = response.http_response
+        _set_body_timeout(http, timeouts)
+        return AsyncHTTPSource(http, clock.now_ns(), self)
 
     def _usage_rejected(self, exc: Exception, kwargs: Mapping[str, Any]) -> bool:
         """Some servers refuse ``stream_options``: drop it for good and try once more."""
@@ -262,6 +266,8 @@ class AsyncHTTPSource:
 
     async def __anext__(self) -> Mapping[str, Any]:
         while not self._events:
+            if self._done:
+                await self._drain()
             if self._closed or self._done:
                 raise StopAsyncIteration
             try:
@@ -276,6 +282,14 @@ class AsyncHTTPSource:
         self._done = chunk is DONE
         return chunk
 
+    async def _drain(self) -> None:
+        """Read the end of the body after ``[DONE]`` so the connection can be reused."""
+        try:
+            for _ in range(4):
+                await self._bytes.__anext__()
+        except Exception:
+            pass
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -284,6 +298,32 @@ class AsyncHTTPSource:
             await self._response.aclose()
         except Exception:
             _shutdown(self._response)
+
+
+def _backstop(limit: float | None) -> float | None:
+    """A socket read timeout a little past the stream's own limit, so that one fires first."""
+    return None if limit is None else limit + 0.25
+
+
+def _least(*limits: float | None) -> float | None:
+    return min((x for x in limits if x is not None), default=None)
+
+
+def _most(*limits: float | None) -> float | None:
+    # None is "no limit": the largest of all.
+    return None if None in limits else max(x for x in limits if x is not None)
+
+
+def _set_body_timeout(response: Any, timeouts: Timeouts) -> None:
+    """Headers are in: from now on a read may wait as long as the idle limit allows.
+
+    httpcore reads the body's timeout from this dict when the body starts, so
+    changing it here applies to the body only.
+    """
+    limits = response.request.extensions.get("timeout")
+    if isinstance(limits, dict):
+        longest_wait = _least(_most(timeouts.first_token, timeouts.idle), timeouts.total)
+        limits["read"] = _backstop(longest_wait)
 
 
 def _parse(data: str, provider: OpenAIProvider) -> Mapping[str, Any]:
