@@ -20,6 +20,13 @@ from .options import RetryPolicy, SystemClock, Timeouts
 from .providers.scripted import Fault, ScriptedProvider
 from .timing import Timings
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext streamchat``: registers the ``%%chat`` cell magic (needs the notebook extra)."""
+    from .notebook.magic import load_ipython_extension as load
+
+    load(ipython)
+
 __all__ = [
     "AsyncStream",
     "ChatRequest",

@@ -77,6 +77,20 @@ class OpenAIProvider:
     def redact(self, text: str) -> str:
         return redact(text, (self._api_key,))
 
+    def close(self) -> None:
+        """Close the sync client's pooled connections."""
+        self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client's pooled connections."""
+        await self._async_client.close()
+
+    def __enter__(self) -> OpenAIProvider:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- clients (created once; retries off: the core retries) ----------------
     def _sync(self) -> openai.OpenAI:
         with self._lock:
