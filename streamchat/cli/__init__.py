@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("chat",)
+COMMANDS = ("chat", "bench", "serve", "faults")
+"""In help order; a command whose module is not part of this install is left out."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -15,7 +17,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="streamchat", description="Streamed LLM chat: typed, timed events.")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"streamchat.cli.{name}").register(commands)
+        module = f"streamchat.cli.{name}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(commands)
     return top
 
 
