@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/streamchat chat
 
 lint: $(STAMP)
-	$(BIN)/ruff check streamchat tests benchmarks
+	$(BIN)/ruff check
 	$(BIN)/mypy
 
 test: lint
