@@ -23,9 +23,9 @@ from .timing import Timings
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext streamchat``: registers the ``%%chat`` cell magic (needs the notebook extra)."""
-    from .notebook.magic import load_ipython_extension as load
+    import importlib
 
-    load(ipython)
+    importlib.import_module("streamchat.notebook.magic").load_ipython_extension(ipython)
 
 __all__ = [
     "AsyncStream",
