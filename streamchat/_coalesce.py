@@ -11,7 +11,7 @@ the sync twin can only paint when an event arrives, and at the end.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 
 from ._events import StreamEvent
 from ._stream import AsyncStream, Stream
@@ -61,7 +61,7 @@ class Coalescer:
         self.frames += 1
 
 
-def frames(stream: Stream, rate: float = DEFAULT_RATE, clock: Clock | None = None) -> Iterator[list[StreamEvent]]:
+def frames(stream: Stream, rate: float = DEFAULT_RATE, clock: Clock | None = None) -> Generator[list[StreamEvent], None, None]:
     """The stream's events in frames; the last frame holds the Finish. Closes the stream at the end."""
     clock = clock or SystemClock()
     gate = Coalescer(rate)
@@ -78,7 +78,7 @@ def frames(stream: Stream, rate: float = DEFAULT_RATE, clock: Clock | None = Non
 
 async def aframes(
     stream: AsyncStream, rate: float = DEFAULT_RATE, clock: Clock | None = None
-) -> AsyncIterator[list[StreamEvent]]:
+) -> AsyncGenerator[list[StreamEvent], None]:
     """The async twin of :func:`frames`, which also paints a waiting update on time.
 
     Closing this iterator (``aclosing``, or cancelling its task) closes the
