@@ -68,6 +68,7 @@ class OpenAIProvider:
 
         key = self._api_key or "none"
         self._client = client or openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0)
+        self._owns_async = async_client is None
         self._async_client = async_client or openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0)
 
     def __repr__(self) -> str:
@@ -84,6 +85,18 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         """Close the async client's pooled connections."""
         await self._async_client.close()
+
+    async def release(self) -> None:
+        """Close pooled connections at the end of an event loop; the next loop starts clean.
+
+        An async HTTP pool belongs to the loop that opened its connections, so a
+        provider reused across ``asyncio.run`` calls needs this between them.
+        """
+        if self._owns_async:
+            await self._async_client.close()
+            import openai
+
+            self._async_client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key or "none", max_retries=0)
 
     def __enter__(self) -> OpenAIProvider:
         return self
