@@ -97,17 +97,20 @@ async def aframes(
 
     # Reading happens in its own task: a timed wait must never cancel a read.
     reader = asyncio.create_task(pump())
+    getter: asyncio.Future[StreamEvent | None] | None = None
     batch: list[StreamEvent] = []
     try:
         while True:
-            wait = gate.wait_s(clock.now_ns())
-            try:
-                event = await asyncio.wait_for(queue.get(), wait) if wait is not None else await queue.get()
-            except TimeoutError:
+            # One getter kept across timeouts: wait_for() on 3.11 can swallow a
+            # cancellation that lands as the get completes (CPython gh-86296).
+            getter = getter or asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=gate.wait_s(clock.now_ns()))
+            if not done:
                 if gate.flush(clock.now_ns()):
                     yield batch
                     batch = []
                 continue
+            event, getter = getter.result(), None
             if event is None:
                 break
             batch.append(event)
@@ -119,6 +122,8 @@ async def aframes(
             yield batch
         await reader
     finally:
+        if getter is not None:
+            getter.cancel()
         if not reader.done():
             reader.cancel()
             try:

@@ -8,7 +8,7 @@ import sys
 
 import streamchat
 
-HEAVY = ("gradio", "openai", "llama_cpp", "ipywidgets", "httpx2", "numpy", "pandas")
+HEAVY = ("gradio", "openai", "llama_cpp", "ipywidgets", "IPython", "httpx2", "numpy", "pandas", "matplotlib", "starlette", "uvicorn")
 
 
 def test_all_is_sorted_and_complete() -> None:
