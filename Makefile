@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/streamchat chat
+	$(BIN)/python apps/chat.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check
