@@ -65,9 +65,12 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Any:
     """Debian's Chromium driven by Playwright (never a downloaded browser).
+
+    Module-scoped: Playwright's sync API marks its loop as running in the main
+    thread while it lives, which would break every later asyncio test.
 
     Skips with the reason when Chromium is missing, except where
     STREAMCHAT_REQUIRE_BROWSER=1 (CI), where a missing browser fails.

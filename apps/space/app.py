@@ -21,7 +21,7 @@ for root in (HERE, HERE.parent.parent):
         break
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from apps._shared import Providers, ProviderSettings, auth_from_env  # noqa: E402
+from apps._shared import Kind, Providers, ProviderSettings, auth_from_env  # noqa: E402
 from apps.chat import ChatConfig, build  # noqa: E402
 from streamchat.gradio import Limits  # noqa: E402
 
@@ -38,7 +38,7 @@ limits = Limits(
     max_requests=int(env.get("STREAMCHAT_RATE_LIMIT", "20")) or None,
     window_s=60.0,
 )
-provider = "openai" if settings.base_url and settings.model else "embedded"
+provider: Kind = "openai" if settings.base_url and settings.model else "embedded"
 concurrency = int(env.get("STREAMCHAT_CONCURRENCY", "16"))
 demo = build(Providers(settings), ChatConfig(provider=provider, limits=limits, concurrency=concurrency))
 demo.queue(default_concurrency_limit=concurrency)
