@@ -103,14 +103,20 @@ async def aframes(
         while True:
             # One getter kept across timeouts: wait_for() on 3.11 can swallow a
             # cancellation that lands as the get completes (CPython gh-86296).
-            getter = getter or asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter}, timeout=gate.wait_s(clock.now_ns()))
-            if not done:
-                if gate.flush(clock.now_ns()):
-                    yield batch
-                    batch = []
-                continue
-            event, getter = getter.result(), None
+            wait = gate.wait_s(clock.now_ns())
+            if getter is None and not queue.empty():
+                event = queue.get_nowait()  # no await: frames keep pace with the events
+            elif getter is None and wait is None:
+                event = await queue.get()  # nothing waits to be painted: no timer needed
+            else:
+                getter = getter or asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=wait)
+                if not done:
+                    if gate.flush(clock.now_ns()):
+                        yield batch
+                        batch = []
+                    continue
+                event, getter = getter.result(), None
             if event is None:
                 break
             batch.append(event)

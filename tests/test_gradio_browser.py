@@ -230,17 +230,21 @@ class Watched:
         from llama_cpp import Llama
 
         self.llm = Llama(**kwargs)
-        self.chunk_ns: list[int] = []
+        self.chunk_ns: list[int] = []  # the first generation's chunks only
         self.closed_ns: list[int] = []
+        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.llm, name)
 
     def create_chat_completion(self, **kwargs: Any) -> Iterator[Any]:
         inner = self.llm.create_chat_completion(**kwargs)
+        self.calls += 1
+        first = self.calls == 1  # a queued request may start right after the stop
         try:
             for item in inner:
-                self.chunk_ns.append(time.perf_counter_ns())
+                if first:
+                    self.chunk_ns.append(time.perf_counter_ns())
                 yield item
         finally:
             self.closed_ns.append(time.perf_counter_ns())
