@@ -19,7 +19,6 @@ import json
 import os
 import ssl
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -38,6 +37,7 @@ from ..errors import (
     StreamDropped,
     StreamTimeout,
     redact,
+    retry_after,
 )
 from ..messages import ChatRequest
 from ..options import Clock, Timeouts
@@ -248,9 +248,9 @@ class LeanHTTPProvider:
             )
         if status == 429:
             return RateLimitError(f"{where} is rate limiting (HTTP 429): {said}", status=status,
-                                  retry_after=_retry_after(headers))
+                                  retry_after=retry_after(headers))
         if status >= 500:
-            return ServerError(f"{where} failed (HTTP {status}): {said}", status=status, retry_after=_retry_after(headers))
+            return ServerError(f"{where} failed (HTTP {status}): {said}", status=status, retry_after=retry_after(headers))
         return BadRequestError(f"{where} refused the request (HTTP {status}): {said}", status=status)
 
     def _done_with(self, conn: _Connection, reusable: bool) -> None:
@@ -434,23 +434,3 @@ def _server_message(body: bytes) -> str:
     return json.dumps(parsed)[:200]
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None

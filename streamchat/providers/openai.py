@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -33,6 +32,7 @@ from ..errors import (
     StreamDropped,
     StreamTimeout,
     redact,
+    retry_after,
 )
 from ..messages import ChatRequest
 from ..options import Clock, Timeouts
@@ -203,11 +203,11 @@ class OpenAIProvider:
                 return RateLimitError(
                     f"{where} is rate limiting (HTTP 429): {said}",
                     status=status,
-                    retry_after=_retry_after(exc.response.headers),
+                    retry_after=retry_after(exc.response.headers),
                 )
             if status >= 500:
                 return ServerError(
-                    f"{where} failed (HTTP {status}): {said}", status=status, retry_after=_retry_after(exc.response.headers)
+                    f"{where} failed (HTTP {status}): {said}", status=status, retry_after=retry_after(exc.response.headers)
                 )
             return BadRequestError(f"{where} refused the request (HTTP {status}): {said}", status=status)
         return ProviderError(self.redact(f"{type(exc).__name__} from {where}: {exc}"))
@@ -392,28 +392,6 @@ def _server_message(exc: Any) -> str:
             return str(inner["message"])[:200]
     text = str(getattr(exc, "message", "") or exc)
     return text[:200]
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        import time
-
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _host(url: str) -> str:
