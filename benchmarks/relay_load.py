@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import multiprocessing as mp
@@ -125,6 +126,8 @@ def _server_main(conn: Any, cfg: dict[str, Any], usage_path: str, port: int) -> 
     app = create_app(_provider(cfg), config)
     sock, bare_sock = _listen(port), bind("127.0.0.1", 0)
     conn.send((sock.getsockname()[1], bare_sock.getsockname()[1], os.getpid()))
+    gc.collect()
+    gc.freeze()  # as streamchat.relay.run does
     Server(uvicorn_config(app), app.state.relay).run(sockets=[sock])
 
 

@@ -103,7 +103,8 @@ class ChunkDecoder:
             raise ProtocolError(f"malformed chunk: no 'choices' in {_preview(chunk)}")
         usage = chunk.get("usage")
         if usage:
-            source: TokenSource = "tokenizer" if usage.get("streamchat_source") == "tokenizer" else "server"
+            said = usage.get("streamchat_source")
+            source: TokenSource = said if said in ("tokenizer", "chunks") else "server"
             events.append(
                 Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), t_ns, source)
             )

@@ -64,7 +64,10 @@ class OpenAIProvider:
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.include_usage = include_usage
         self._lock = threading.Lock()
-        import openai  # here, not in open(): importing it must not count as latency
+        try:
+            import openai  # here, not in open(): importing it must not count as latency
+        except ImportError:
+            raise ConfigError("the openai package is not installed: pip install 'streamchat[openai]'") from None
 
         key = self._api_key or "none"
         self._client = client or openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0)
