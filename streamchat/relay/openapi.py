@@ -102,7 +102,7 @@ def _request_schema(relay: Relay, *, model_required: bool) -> dict[str, Any]:
             "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
             "seed": {"type": "integer", "minimum": -(2**62), "maximum": 2**62},
             "stop": {"anyOf": [
-                {"type": "string", "minLength": 1},
+                {"type": "string"},  # "" means no stop sequence, as the validator treats it
                 {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}},
             ]},
             "n": {"const": 1},
