@@ -54,6 +54,28 @@ def run(request: pytest.FixtureRequest) -> Run:
     return run_sync if request.param == "sync" else run_async
 
 
+class CountingLlama:
+    """The real embedded model, counting the tokens it samples (to check that a stop stops)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(**kwargs)
+        self.sampled = 0
+
+    def create_chat_completion(self, **kwargs: Any) -> Any:
+        processors = list(kwargs.pop("logits_processor", []))
+
+        def count(ids: Any, logits: Any) -> Any:
+            self.sampled += 1
+            return logits
+
+        return self.llm.create_chat_completion(logits_processor=[*processors, count], **kwargs)
+
+    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
+        return self.llm.tokenize(*args, **kwargs)
+
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

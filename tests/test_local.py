@@ -8,33 +8,11 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Run
+from conftest import CountingLlama, Run
 
 from streamchat import astream, stream
 from streamchat.errors import ModelNotFoundError
 from streamchat.providers.local import LocalProvider, default_model_path
-
-
-class CountingLlama:
-    """Wraps the real model to count the tokens it actually generates."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(**kwargs)
-        self.sampled = 0
-
-    def create_chat_completion(self, **kwargs: Any) -> Any:
-        processors = list(kwargs.pop("logits_processor", []))
-
-        def count(ids: Any, logits: Any) -> Any:
-            self.sampled += 1
-            return logits
-
-        return self.llm.create_chat_completion(logits_processor=[*processors, count], **kwargs)
-
-    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
-        return self.llm.tokenize(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

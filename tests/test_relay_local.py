@@ -15,32 +15,11 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import CountingLlama
 
 from streamchat.providers.local import LocalProvider
 from streamchat.relay import RelayConfig, UsageLog, create_app
 from streamchat.relay.testing import ServedRelay
-
-
-class CountingLlama:
-    """The real model, counting the tokens it samples."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(**kwargs)
-        self.sampled = 0
-
-    def create_chat_completion(self, **kwargs: Any) -> Any:
-        processors = list(kwargs.pop("logits_processor", []))
-
-        def count(ids: Any, logits: Any) -> Any:
-            self.sampled += 1
-            return logits
-
-        return self.llm.create_chat_completion(logits_processor=[*processors, count], **kwargs)
-
-    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
-        return self.llm.tokenize(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
