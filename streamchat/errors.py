@@ -151,3 +151,27 @@ class StreamTimeout(ProviderError):
         super().__init__(f"timed out after {limit_s:g} s {what} (timeouts.{phase})")
         self.phase: TimeoutPhase = phase
         self.limit_s = limit_s
+
+
+def for_status(
+    status: int, said: str, *, where: str, model: str, headers: Mapping[str, str] | None = None,
+) -> ProviderError:
+    """The error for an HTTP error status from an OpenAI-compatible server, saying what to check.
+
+    ``said`` is the server's own message, already redacted; ``where`` is host:port.
+    """
+    said = said.strip().rstrip(".") or "no message"
+    after = retry_after(headers) if headers is not None else None
+    if status in (401, 403):
+        return AuthenticationError(f"{where} refused the API key (HTTP {status}): {said}. Check the API key.", status=status)
+    if status == 404:
+        return ModelNotFoundError(
+            f"{where} answered 404 for model {model!r}: {said}. Check the model name and that base_url ends in /v1.",
+            status=status,
+        )
+    if status == 429:
+        return RateLimitError(f"{where} is rate limiting (HTTP 429): {said}", status=status, retry_after=after)
+    if status >= 500:
+        return ServerError(f"{where} failed (HTTP {status}): {said}", status=status, retry_after=after)
+    return BadRequestError(f"{where} refused the request (HTTP {status}): {said}", status=status)
+

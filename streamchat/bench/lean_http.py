@@ -25,19 +25,14 @@ from urllib.parse import urlsplit
 from .._chunks import DONE
 from .._sse import SSEDecoder, SSEEvent
 from ..errors import (
-    AuthenticationError,
-    BadRequestError,
     ConfigError,
     ConnectError,
-    ModelNotFoundError,
     ProtocolError,
     ProviderError,
-    RateLimitError,
-    ServerError,
     StreamDropped,
     StreamTimeout,
+    for_status,
     redact,
-    retry_after,
 )
 from ..messages import ChatRequest
 from ..options import Clock, Timeouts
@@ -235,23 +230,7 @@ class LeanHTTPProvider:
         return int(code), headers
 
     def _error(self, status: int, headers: Mapping[str, str], body: bytes, model: str) -> ProviderError:
-        said = self.redact(_server_message(body))
-        where = self.where
-        if status in (401, 403):
-            return AuthenticationError(
-                f"{where} refused the API key (HTTP {status}): {said}. Check OPENAI_API_KEY or --api-key.", status=status
-            )
-        if status == 404:
-            return ModelNotFoundError(
-                f"{where} answered 404 for model {model!r}: {said}. Check the model name and that base_url ends in /v1.",
-                status=status,
-            )
-        if status == 429:
-            return RateLimitError(f"{where} is rate limiting (HTTP 429): {said}", status=status,
-                                  retry_after=retry_after(headers))
-        if status >= 500:
-            return ServerError(f"{where} failed (HTTP {status}): {said}", status=status, retry_after=retry_after(headers))
-        return BadRequestError(f"{where} refused the request (HTTP {status}): {said}", status=status)
+        return for_status(status, self.redact(_server_message(body)), where=self.where, model=model, headers=headers)
 
     def _done_with(self, conn: _Connection, reusable: bool) -> None:
         if reusable and not conn.closed and asyncio.get_running_loop() is self._loop:

@@ -15,7 +15,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -59,6 +59,8 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.log_lines: list[str] = []
+        self.seen: list[tuple[str, str]] = []
+        """Method and path of every request received, injected or not."""
 
     @property
     def url(self) -> str:
@@ -74,13 +76,22 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def aclose(self) -> None:
+    async def pause(self) -> None:
+        """Stop listening and drop every connection: the host is now unreachable (connection refused)."""
         if self._server is not None:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()  # each connection task then ends on its own
             await self._server.wait_closed()
             self._server = None
+
+    async def resume(self) -> None:
+        """Listen again on the same port after :meth:`pause`."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._connection, self.host, self.port)
+
+    async def aclose(self) -> None:
+        await self.pause()
         if self._client is not None:
             await self._client.aclose()
 
@@ -111,6 +122,7 @@ class FaultProxy:
         headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
         lower = {k.lower(): v for k, v in headers}
         body = await reader.readexactly(int(lower.get("content-length", "0") or 0))
+        self.seen.append((method, path))
         number = self.injector.requests + 1
         if HEADER in lower:
             try:
@@ -242,27 +254,67 @@ async def _send_json(writer: asyncio.StreamWriter, status: int, body: object, ex
     await writer.drain()
 
 
-@contextlib.contextmanager
-def running(upstream: str, spec: str = "", **kwargs: Any) -> Iterator[FaultProxy]:
-    """A proxy on its own event loop in a thread, for sync code and tests."""
+class ProxyThread:
+    """A :class:`FaultProxy` on its own event loop in a daemon thread, driven from sync code."""
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="streamchat-faults", daemon=True)
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    @property
+    def log_lines(self) -> list[str]:
+        return self.proxy.log_lines
+
+    def arm(self, spec: str) -> Injector:
+        """From now on inject ``spec`` (with its schedule); returns the injector, which counts requests."""
+        injector = Injector(*parse(spec)) if spec else Injector(FaultSpec(), Schedule(times=0))
+        self.proxy.injector = injector
+        return injector
+
+    def pause(self) -> None:
+        """The host becomes unreachable: connections are refused until :meth:`resume`."""
+        self._call(self.proxy.pause())
+
+    def resume(self) -> None:
+        self._call(self.proxy.resume())
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fault proxy did not start within 10 s")
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._call(self.proxy.aclose())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._loop.is_closed() and not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> ProxyThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self.proxy.start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+
+def running(upstream: str, spec: str = "", **kwargs: Any) -> ProxyThread:
+    """A proxy on its own event loop in a thread, for sync code and tests: use it with ``with``."""
     injector = Injector(*parse(spec)) if spec else None
-    proxy = FaultProxy(upstream, injector, **kwargs)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(proxy.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, name="streamchat-faults", daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield proxy
-    finally:
-        asyncio.run_coroutine_threadsafe(proxy.aclose(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    return ProxyThread(FaultProxy(upstream, injector, **kwargs))

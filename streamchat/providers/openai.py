@@ -20,19 +20,14 @@ from urllib.parse import urlsplit
 from .._chunks import DONE
 from .._sse import SSEDecoder, SSEEvent
 from ..errors import (
-    AuthenticationError,
-    BadRequestError,
     ConfigError,
     ConnectError,
-    ModelNotFoundError,
     ProtocolError,
     ProviderError,
-    RateLimitError,
-    ServerError,
     StreamDropped,
     StreamTimeout,
+    for_status,
     redact,
-    retry_after,
 )
 from ..messages import ChatRequest
 from ..options import Clock, Timeouts
@@ -190,29 +185,8 @@ class OpenAIProvider:
             reason = exc.__cause__ or exc
             return ConnectError(self.redact(f"could not connect to {where}: {reason}"))
         if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
             said = self.redact(_server_message(exc))
-            if status in (401, 403):
-                return AuthenticationError(
-                    f"{where} refused the API key (HTTP {status}): {said}. Check OPENAI_API_KEY or --api-key.",
-                    status=status,
-                )
-            if status == 404:
-                return ModelNotFoundError(
-                    f"{where} answered 404 for model {model!r}: {said}. Check the model name and that base_url ends in /v1.",
-                    status=status,
-                )
-            if status == 429:
-                return RateLimitError(
-                    f"{where} is rate limiting (HTTP 429): {said}",
-                    status=status,
-                    retry_after=retry_after(exc.response.headers),
-                )
-            if status >= 500:
-                return ServerError(
-                    f"{where} failed (HTTP {status}): {said}", status=status, retry_after=retry_after(exc.response.headers)
-                )
-            return BadRequestError(f"{where} refused the request (HTTP {status}): {said}", status=status)
+            return for_status(exc.status_code, said, where=where, model=model, headers=exc.response.headers)
         return ProviderError(self.redact(f"{type(exc).__name__} from {where}: {exc}"))
 
 
