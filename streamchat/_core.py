@@ -107,6 +107,10 @@ class Core:
         if self.state.has_output or self.cancel_requested or self.finished:
             return None
         delay = self.retry.delay(error, self._retries)
+        found = self.deadline()
+        if delay is not None and found is not None and self.clock.now_ns() + int(delay * 1e9) >= found[0]:
+            # the next try could only start after the time limit: report the real cause now
+            return None
         if delay is not None:
             self._retries += 1
             self.state.attempts += 1

@@ -92,6 +92,8 @@ class Timings:
             parts.append(f"{speed:.1f} tok/s")
         if self.e2e_s is not None:
             parts.append(f"{self.e2e_s:.2f} s")
+        if self.attempts > 1:
+            parts.append(f"{self.attempts} attempts")
         if finish_reason:
             parts.append(finish_reason)
         return " · ".join(parts)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,15 @@ import pytest
 
 from streamchat import AsyncStream, Stream, astream, stream
 from streamchat.providers.base import Provider
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell's background job (`pytest ... &`) ignores SIGINT and its children inherit that, so a
+    # Ctrl-C sent to them would do nothing; give them what a terminal gives (exec resets a handler
+    # to the default, but keeps "ignored").
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 Run = Callable[..., Any]
 

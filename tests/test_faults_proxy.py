@@ -16,6 +16,7 @@ import pytest
 from streamchat import RetryPolicy, Timeouts, stream
 from streamchat.errors import ConfigError, StreamTimeout
 from streamchat.faults import FaultSpec, Injector, Schedule, parse
+from streamchat.faults.matrix import DRILLS
 from streamchat.faults.proxy import running
 from streamchat.providers.openai import OpenAIProvider
 from streamchat.testing.wire_server import WireServer, text_reply
@@ -139,6 +140,12 @@ def test_spec_parsing_and_clear_errors() -> None:
         parse("stall_after=x")
     with pytest.raises(ConfigError, match="needs a value"):
         parse("stall_after")
+    with pytest.raises(ConfigError, match="unknown fault 'stal': .*drill's name: headers_delay"):
+        parse("stal")
+    assert parse("stall") == parse("stall_after=4,stall_s=30")
+    assert parse("rate_limited;times=2")[1].times == 2 and parse("rate_limited")[1].times == 9
+    with pytest.raises(ConfigError, match="'wrong_key' drill is not a proxy fault"):
+        parse("wrong_key")
     with pytest.raises(ConfigError, match="bad schedule"):
         parse("status=500;probability=2")
 
@@ -149,6 +156,12 @@ def test_bad_header_gets_a_400_and_the_next_request_works(srv: WireServer) -> No
         assert s.finish_reason == "error" and "unknown fault setting 'nonsense'" in s.error.message
         with provider(proxy.url) as good:
             assert stream(good, "hi").until_done().text == FULL
+
+
+def test_cli_lists_the_drills() -> None:
+    done = subprocess.run([sys.executable, "-m", "streamchat.cli", "faults", "--list"], capture_output=True, text=True, timeout=30)
+    names = [line.split()[0] for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and names == [d.name for d in DRILLS]
 
 
 def test_cli_rejects_a_bad_spec_clearly() -> None:

@@ -90,6 +90,22 @@ def test_retry_after_too_long_is_not_waited_for(run: Run) -> None:
     assert isinstance(s.error.error, RateLimitError)
 
 
+def test_no_retry_that_could_only_start_after_the_time_limit(run: Run) -> None:
+    # the wait would end past the first-token limit: the real cause is reported at once, not a timeout later
+    provider = ScriptedProvider(TEXT, faults=[Fault("rate_limit", retry_after=5)], **FAST)
+    started = time.perf_counter()
+    s, _ = run(provider, timeouts=Timeouts(first_token=1.0))
+    assert s.finish_reason == "error" and s.timings.attempts == 1
+    assert isinstance(s.error.error, RateLimitError) and time.perf_counter() - started < 0.5
+    assert "1 attempts" not in s.timings.summary("error")
+
+
+def test_summary_counts_attempts_after_a_retry(run: Run) -> None:
+    provider = ScriptedProvider(TEXT, faults=[Fault("server_error")], **FAST)
+    s, _ = run(provider, retry=RetryPolicy(max_retries=1, backoff_s=0.01))
+    assert s.timings.summary("error").endswith("· 2 attempts · error")
+
+
 def test_no_retry_after_first_token_and_partial_text_kept(run: Run) -> None:
     provider = ScriptedProvider(TEXT, faults=[Fault("drop", after_tokens=3)], **FAST)
     s, events = run(provider, retry=RetryPolicy(max_retries=5, backoff_s=0.01))

@@ -215,7 +215,7 @@ def request_dict(r: RequestResult) -> dict[str, Any]:
         "due_s": r.due_s, "queue_s": r.queue_s, "lag_s": r.lag_s, "sent_s": r.sent_s,
         **r.timings.as_dict(),
         "finish_reason": r.finish_reason, "error_kind": r.error_kind, "error": r.error,
-        "prompt_tokens": r.prompt_tokens, "chunk_tokens": r.chunk_tokens,
+        "prompt_tokens": r.prompt_tokens, "chunk_tokens": r.chunk_tokens, "text": r.text,
         "chunks": {"t_s": [c.offset_s for c in r.chunks], "tokens": [c.tokens for c in r.chunks],
                    "chars": [c.chars for c in r.chunks]},
     }

@@ -60,6 +60,8 @@ class RequestResult:
     error: str | None = None
     """Its message, with secrets removed."""
     prompt_tokens: int | None = None
+    text: str = ""
+    """The answer's text as received: all of it, or what arrived before a failure or a stop."""
 
     @property
     def ok(self) -> bool:

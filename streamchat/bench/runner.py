@@ -31,6 +31,8 @@ from .results import BenchResult, ChunkRecord, ChunkTokens, LevelResult, Request
 from .stats import split_tokens, summarize_level
 
 LOOP_PROBE_S = 0.01
+STOPPED = "stopped before the answer ended"
+"""The message of a request cut short by ``stop()`` or Ctrl-C (its kind is ``cancelled``)."""
 
 Tokenizer = Callable[[str], int]
 
@@ -319,6 +321,7 @@ class BenchRun:
         error = s.error
         reason = s.finish_reason or "cancelled"
         kind = type(error.error).__name__ if error is not None else ("cancelled" if reason == "cancelled" else None)
+        message = error.message if error is not None else (STOPPED if reason == "cancelled" else None)
         usage = s.usage
         return RequestResult(
             index=i,
@@ -331,8 +334,9 @@ class BenchRun:
             chunk_tokens=method,
             finish_reason=reason,
             error_kind=kind,
-            error=error.message if error is not None else None,
+            error=message,
             prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            text=s.text,
         )
 
     def _report(self, level: _Level, phase: Literal["warmup", "measure", "level_done"],

@@ -81,14 +81,21 @@ def _answer(provider: Provider, history: list[Message], args: argparse.Namespace
         timeouts=Timeouts(args.connect_timeout, args.first_token_timeout, args.idle_timeout, args.total_timeout),
         retry=RetryPolicy(max_retries=args.retries),
     )
-    print_stream(s, events=args.events, record_to=args.record)
+    try:
+        print_stream(s, events=args.events, record_to=args.record)
+    except KeyboardInterrupt:
+        raise _Stopped(s.text) from None
     if s.finish_reason == "error":
-        raise _Failed
+        raise _Failed(s.text)
     return s.text
 
 
 class _Failed(Exception):
-    """The answer ended in an error, already reported."""
+    """The answer ended in an error, already reported; ``args[0]`` is the partial text."""
+
+
+class _Stopped(KeyboardInterrupt):
+    """Ctrl-C during an answer; ``args[0]`` is the partial text, which stays in the conversation."""
 
 
 def _interactive(provider: Provider, args: argparse.Namespace) -> int:
@@ -105,12 +112,14 @@ def _interactive(provider: Provider, args: argparse.Namespace) -> int:
         history.append(Message("user", line))
         try:
             text = _answer(provider, history, args)
-        except KeyboardInterrupt:
-            text = ""
+        except _Stopped as stop:
+            text = stop.args[0]
             print("[stopped]", file=sys.stderr)
-        except _Failed:
-            history.pop()
-            continue
+        except _Failed as failed:
+            text = failed.args[0]
+            if not text:  # nothing came back: ask again rather than repeat the question
+                history.pop()
+                continue
         history.append(Message("assistant", text))
 
 

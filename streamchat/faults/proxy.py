@@ -58,6 +58,7 @@ class FaultProxy:
         self._log = log or (lambda line: None)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.log_lines: list[str] = []
         self.seen: list[tuple[str, str]] = []
         """Method and path of every request received, injected or not."""
@@ -81,7 +82,11 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
             for writer in list(self._writers):
-                writer.transport.abort()  # each connection task then ends on its own
+                writer.transport.abort()
+            # a task stalled in a sleep would outlive the loop and be torn down by the GC, outside it
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
@@ -103,6 +108,9 @@ class FaultProxy:
     # -- one client connection, possibly several requests ----------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while await self._one_request(reader, writer):
                 pass
@@ -110,6 +118,8 @@ class FaultProxy:
             pass
         finally:
             self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
             writer.transport.abort()
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

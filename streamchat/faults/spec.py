@@ -7,6 +7,7 @@ the per-request header ``X-Streamchat-Fault``::
     status=429,retry_after=2
     disconnect_after=5;every=3          # every third request
     malformed_after=2;probability=0.5;seed=1
+    stall                               # a drill's name from the failure matrix
 
 Comma-separated settings say what happens; after a ``;`` come the schedule
 settings (``every``, ``probability``, ``seed``, ``times``).
@@ -73,6 +74,8 @@ _ALIASES = {"headers_delay": "headers_delay_s", "ttft_delay": "ttft_delay_s", "t
 def parse(text: str) -> tuple[FaultSpec, Schedule]:
     """Read a spec such as ``stall_after=3,stall_s=10;every=2``; a clear error names the bad part."""
     what, _, when = text.partition(";")
+    if what.strip() and "=" not in what and "," not in what:
+        what, when = _named(what.strip(), when)
     spec: dict[str, object] = {}
     for name, value in _pairs(what):
         name = _ALIASES.get(name, name)
@@ -92,6 +95,22 @@ def parse(text: str) -> tuple[FaultSpec, Schedule]:
     if result[1].every < 1 or not 0 <= result[1].probability <= 1:
         raise ConfigError(f"bad schedule in {text!r}: every >= 1 and 0 <= probability <= 1")
     return result
+
+
+def _named(name: str, when: str) -> tuple[str, str]:
+    """A drill's name from the failure matrix stands for its spec (``stall``, ``disconnect`` …)."""
+    from .matrix import DRILLS
+
+    drill = next((d for d in DRILLS if d.name == name), None)
+    if drill is None:
+        if _ALIASES.get(name, name) in _NAMES:
+            return name, when  # _pairs explains that a setting needs a value
+        names = ", ".join(d.name for d in DRILLS if d.spec)
+        raise ConfigError(f"unknown fault {name!r}: write setting=value pairs, or a drill's name: {names}")
+    if not drill.spec:
+        raise ConfigError(f"the {name!r} drill is not a proxy fault: {drill.how.strip('()')}")
+    what, _, own = drill.spec.partition(";")
+    return what, when or own
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:

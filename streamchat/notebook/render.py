@@ -19,6 +19,8 @@ from .._stream import AsyncStream, Stream
 
 WAITING = "waiting for the first token…"
 STREAMING = "streaming…"
+STOPPED = "Stopped: the answer above is what had arrived."
+STOPPED_EMPTY = "Stopped before any text arrived."
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
@@ -65,6 +67,13 @@ class Snapshot:
         )
 
     @property
+    def stopped(self) -> str | None:
+        """The note for an answer the user stopped (Stop, an interrupt, a cancelled task), else None."""
+        if self.finish_reason != "cancelled":
+            return None
+        return STOPPED if self.text or self.reasoning or self.tool_calls else STOPPED_EMPTY
+
+    @property
     def waiting(self) -> bool:
         """Nothing has arrived yet and the answer has not ended."""
         return self.finish_reason is None and not (self.text or self.reasoning or self.tool_calls)
@@ -106,6 +115,8 @@ def to_markdown(snap: Snapshot) -> str:
         parts.append("**Error:** " + escape_markdown(" ".join(snap.error.split())))
     if snap.waiting:
         parts.append(f"*{WAITING}*")
+    if snap.stopped is not None:
+        parts.append(f"*{escape_markdown(snap.stopped)}*")
     if snap.summary is not None:
         parts.append(f"*{escape_markdown(snap.summary)}*")
     return "\n\n".join(parts)

@@ -273,6 +273,8 @@ class ChatWidget:
         lines = []
         if snap.error is not None:
             lines.append(f'<div style="{_ERROR}">Error: {html.escape(snap.error)}</div>')
+        if snap.stopped is not None:
+            lines.append(f'<div style="{_MUTED}">{html.escape(snap.stopped)}</div>')
         if snap.summary is not None:
             lines.append(f'<div style="{_MUTED}">{html.escape(snap.summary)}</div>')
         elif snap.waiting:

@@ -43,7 +43,7 @@ from .wire import EventSourceFrames, NDJSONFrames, OpenAIChunks
 from .ws import websocket_endpoint
 
 log = logging.getLogger("streamchat.relay")
-EXPOSED = ("X-Request-Id", "Retry-After", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+EXPOSED = ("X-Request-Id", "Retry-After", "x-should-retry", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
            "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens")
 
 

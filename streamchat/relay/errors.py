@@ -3,7 +3,9 @@
 A provider's error body may hold its key, its internals, or someone else's
 data (OWASP LLM02), so it is never forwarded: each kind of failure gets a fixed
 message and code here, and the full (redacted) detail goes to the server log
-under the request id.
+under the request id. The messages reuse the core's fixed phrases ("is rate
+limiting (HTTP 429)", "waiting for the next chunk", …) so every surface tells
+the same fault in the same words (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from ..errors import (
 from .limits import Refusal
 
 _TIMEOUT_WHAT = {
-    "connect": "could not be reached in time",
-    "first_token": "sent no first token in time",
-    "idle": "stopped sending mid-answer",
+    "connect": "could not be reached in time: the relay timed out connecting",
+    "first_token": "sent no first token in time: the relay timed out waiting for the first token",
+    "idle": "stopped sending mid-answer: the relay timed out waiting for the next chunk",
     "total": "took longer than the whole answer may take",
 }
 
@@ -55,18 +57,22 @@ def provider_failure(exc: BaseException, model: str | None) -> PublicError:
     if isinstance(exc, StreamTimeout):
         what = _TIMEOUT_WHAT.get(exc.phase, "timed out")
         return PublicError(
-            504, "upstream_timeout", f"the provider {what} (the relay's {exc.phase} limit is {exc.limit_s:g} s)",
+            504, "upstream_timeout", f"the provider {what} (its {exc.phase} limit is {exc.limit_s:g} s)",
             retryable=True,
         )
     if isinstance(exc, AuthenticationError):
+        # A 502, not a 401: the caller's own key is fine, and must not look wrong.
         return PublicError(
-            502, "upstream_auth_failed", "the provider refused the relay's credentials; the relay's operator must fix them"
+            502, "upstream_auth_failed",
+            f"the provider refused the API key (HTTP {exc.status or 401}) the relay holds, not yours: "
+            "the relay's operator must fix it",
         )
     if isinstance(exc, ModelNotFoundError):
-        return PublicError(502, "upstream_model_not_found", f"the provider does not know the model {model!r}")
+        said = f"answered {exc.status} for model {model!r}" if exc.status else f"does not have the model {model!r}"
+        return PublicError(502, "upstream_model_not_found", f"the provider {said}: it does not serve it")
     if isinstance(exc, RateLimitError):
         return PublicError(
-            503, "upstream_rate_limited", "the provider is rate limiting the relay; try again later",
+            503, "upstream_rate_limited", "the relay's provider is rate limiting (HTTP 429); try again later",
             retryable=True, retry_after_s=exc.retry_after,
         )
     if isinstance(exc, BadRequestError) or (type(exc) is ProviderError and exc.status == 400):
@@ -78,16 +84,32 @@ def provider_failure(exc: BaseException, model: str | None) -> PublicError:
             type="invalid_request_error",
         )
     if isinstance(exc, ServerError):
-        return PublicError(502, "upstream_error", "the provider failed (HTTP 5xx); try again", retryable=True)
+        return PublicError(502, "upstream_error", f"the provider failed (HTTP {exc.status or '5xx'}); try again", retryable=True)
     if isinstance(exc, ConnectError):
         return PublicError(502, "upstream_unreachable", "the relay could not connect to its provider", retryable=True)
     if isinstance(exc, StreamDropped):
-        return PublicError(502, "upstream_dropped", "the provider's stream broke off before the answer was complete", retryable=True)
+        return PublicError(
+            502, "upstream_dropped",
+            "the provider's stream broke off before the answer was complete" + _core_phrase(exc, _BROKE), retryable=True,
+        )
     if isinstance(exc, ProtocolError):
-        return PublicError(502, "upstream_protocol_error", "the provider sent something that is not a valid stream")
+        return PublicError(
+            502, "upstream_protocol_error",
+            "the provider sent something that is not a valid stream" + _core_phrase(exc, _MALFORMED),
+        )
     if isinstance(exc, UpstreamError):
-        return PublicError(502, "upstream_error", "the provider reported an error mid-answer")
+        return PublicError(502, "upstream_error", "the provider reported an error mid-stream")
     return PublicError(502, "upstream_error", "the provider failed")
+
+
+_BROKE = ("the connection broke mid-answer",)
+_MALFORMED = ("malformed chunk, not JSON", "malformed chunk, not a JSON object", "malformed chunk")
+
+
+def _core_phrase(exc: ProviderError, phrases: tuple[str, ...]) -> str:
+    """``: <phrase>`` when the core's message starts with one of its fixed ``phrases``; the rest may be the provider's."""
+    found = next((p for p in phrases if exc.message.startswith(p)), None)
+    return f": {found}" if found else ""
 
 
 SHUTDOWN = PublicError(503, "server_shutdown", "the relay is shutting down; retry in a moment", retryable=True, retry_after_s=1)

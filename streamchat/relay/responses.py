@@ -37,7 +37,8 @@ def json_error(
 
 
 def failure_response(error: PublicError, headers: Mapping[str, str], **more: Any) -> Response:
-    extra = dict(headers)
+    # The openai SDKs obey x-should-retry: no retries that cannot help (a 502 for the relay's bad upstream key).
+    extra = {**headers, "x-should-retry": "true" if error.retryable else "false"}
     if error.retry_after_s is not None:
         extra["Retry-After"] = error.as_refusal().retry_after or "1"
     return json_error(error.status, error.code, error.message, error.type, headers=extra, **more)

@@ -173,7 +173,7 @@ class Session:
                 request_id=self.request_id, key_id=self.key_id, endpoint=self.endpoint, model=self.call.model,
                 status=status, finish_reason=reason, prompt_tokens=prompt, prompt_tokens_source=prompt_source,
                 completion_tokens=completion, completion_tokens_source=completion_source,
-                ttft_s=_round(timings.ttft_s), duration_s=_round(timings.duration_s),
+                ttft_s=_round(timings.ttft_s), duration_s=_round(timings.duration_s), attempts=timings.attempts,
                 error=error.code if error is not None else None,
                 prompt=_prompt(self.call) if relay.config.log_prompts else None,
                 time=utc_now(lambda: self.started_wall),

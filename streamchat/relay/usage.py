@@ -39,6 +39,8 @@ class UsageRecord:
     """``server``, ``tokenizer`` (counted by the embedded model) or ``chunks`` (a lower bound)."""
     ttft_s: float | None = None
     duration_s: float | None = None
+    attempts: int = 1
+    """Requests sent to the provider for this answer (more than 1: the relay retried before the first token)."""
     error: str | None = None
     """The error's code (``rate_limit_requests``, ``upstream_timeout``, …), never a provider's text."""
     prompt: str | None = None
