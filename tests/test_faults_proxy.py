@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
@@ -16,7 +17,7 @@ import pytest
 from streamchat import RetryPolicy, Timeouts, stream
 from streamchat.errors import ConfigError, StreamTimeout
 from streamchat.faults import FaultSpec, Injector, Schedule, parse
-from streamchat.faults.matrix import DRILLS
+from streamchat.faults.matrix import DRILLS, markdown
 from streamchat.faults.proxy import running
 from streamchat.providers.openai import OpenAIProvider
 from streamchat.testing.wire_server import WireServer, text_reply
@@ -170,3 +171,9 @@ def test_cli_rejects_a_bad_spec_clearly() -> None:
         capture_output=True, text=True, timeout=30,
     )
     assert done.returncode == 2 and "needs a value" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_documented_matrix_is_the_tested_one() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "faults.md").read_text()
+    between = doc.split("<!-- matrix:start -->\n", 1)[1].split("<!-- matrix:end -->", 1)[0]
+    assert between == markdown(), "docs/faults.md is stale: paste streamchat.faults.matrix.markdown() between the markers"
