@@ -16,7 +16,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from streamchat import ScriptedProvider
@@ -152,8 +152,10 @@ def _loop_id() -> int:
         return 0
 
 
-def timeouts_for(kind: str) -> Timeouts:
-    return LOCAL_TIMEOUTS if kind == "embedded" else Timeouts()
+def timeouts_for(kind: str, base: Timeouts | None = None) -> Timeouts:
+    """``base`` (default :class:`Timeouts`), but the embedded model's first-token limit covers its queue."""
+    base = base or Timeouts()
+    return replace(base, first_token=LOCAL_TIMEOUTS.first_token) if kind == "embedded" else base
 
 
 # -- command line ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from apps._shared import (
     settings_from,
     timeouts_for,
 )
-from streamchat import astream
+from streamchat import RetryPolicy, Timeouts, astream
 from streamchat._coalesce import DEFAULT_RATE
 from streamchat.errors import StreamchatError
 from streamchat.gradio import (
@@ -66,6 +66,10 @@ class ChatConfig:
     concurrency: int = 32
     temperature: float = 0.7
     max_tokens: int = 512
+    timeouts: Timeouts | None = None
+    """Each answer's time limits (default :class:`Timeouts`; the embedded model waits longer for its first token)."""
+    retry: RetryPolicy | None = None
+    """Retries before the first token (default :class:`RetryPolicy`)."""
 
 
 def build(providers: Providers, config: ChatConfig | None = None) -> gr.Blocks:
@@ -84,7 +88,7 @@ def build(providers: Providers, config: ChatConfig | None = None) -> gr.Blocks:
             provider, turns = providers.get(kind, url, model)
             s = astream(
                 provider, to_prompt(history), system=system.strip() or None, temperature=float(temperature),
-                max_tokens=int(max_tokens), timeouts=timeouts_for(kind),
+                max_tokens=int(max_tokens), timeouts=timeouts_for(kind, config.timeouts), retry=config.retry,
             )
         except StreamchatError as exc:
             yield [*history, note(f"{WARNING} Not sent", str(exc))]

@@ -233,7 +233,7 @@ def test_the_sdk_client_agrees_with_the_lean_one(name: str, rig: FaultRig, tmp_p
         assert "no request completed at c=1" in err
         assert RIG_KEY not in out + err + path.read_text()
         seen[client] = (status, rig.attempts, req["finish_reason"], req["error_kind"], req["text"],
-                        req["output_tokens"], req["chunks"]["chars"], req["attempts"])
+                        req["output_tokens"], req["chunks"]["chars"], req["attempts"], req["error"])
     assert seen["lean"] == seen["sdk"]
     assert seen["sdk"][:5] == (1, 1, "error", KIND[name], expected_text(rig, want.partial))
 
@@ -268,7 +268,7 @@ def test_ctrl_c_during_a_stall(rig: FaultRig, tmp_path: Path, capsys: pytest.Cap
             proc.communicate()
     assert closed.client_closed_ns is not None and closed.client_closed_ns - stop_ns < 200e6
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted: 1 requests measured and saved" in err
+    assert "Traceback" not in err and "interrupted: 1 request measured and saved" in err
     assert "c=1*" in out and f"1 not completed: cancelled ×1 (first: {STOPPED})" in out and "* interrupted" in out
     doc = json.loads(json_path.read_text())
     (req,) = doc["levels"][0]["requests"]

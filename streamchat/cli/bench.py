@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         print("(add --out DIR to save JSON per chunk, CSV per request and PNG plots)", file=sys.stderr)
     if result.interrupted:
         measured = sum(len(level.requests) for level in result.levels)
-        print(f"streamchat: interrupted: {measured} requests measured" + (" and saved" if written else ""), file=sys.stderr)
+        print(f"streamchat: interrupted: {measured} request{'' if measured == 1 else 's'} measured" + (" and saved" if written else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     failed = [level.load.label for level in result.levels if level.summary.completed == 0]
     if failed:

@@ -221,7 +221,7 @@ class HTTPSource:
                 self._decoder.flush()
                 raise
             except Exception as exc:
-                raise _read_error(exc) from None
+                raise _read_error(exc, self._provider) from None
             finally:
                 self._reading = False
             self._events = self._decoder.feed(data)
@@ -280,7 +280,7 @@ class AsyncHTTPSource:
                 self._decoder.flush()
                 raise
             except Exception as exc:
-                raise _read_error(exc) from None
+                raise _read_error(exc, self._provider) from None
             self._events = self._decoder.feed(data)
         chunk = _parse(self._events.pop(0).data, self._provider)
         self._done = chunk is DONE
@@ -342,13 +342,15 @@ def _parse(data: str, provider: OpenAIProvider) -> Mapping[str, Any]:
     return chunk
 
 
-def _read_error(exc: Exception) -> ProviderError:
+def _read_error(exc: Exception, provider: OpenAIProvider) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     name = type(exc).__name__
     if "Timeout" in name:
         return StreamTimeout("idle", 0)
-    return StreamDropped(f"the connection broke mid-answer ({name}: {exc})")
+    if "peer closed connection" in str(exc):  # the common case, said plainly (the bench's client says the same)
+        return StreamDropped(f"the connection broke mid-answer ({_host(provider.base_url)} closed it)")
+    return StreamDropped(provider.redact(f"the connection broke mid-answer ({name}: {exc})"))
 
 
 def _shutdown(response: Any) -> None:
