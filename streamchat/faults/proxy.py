@@ -193,7 +193,9 @@ class FaultProxy:
         sent = 0
         gap = 1.0 / spec.tokens_per_s if spec.tokens_per_s > 0 else 0.0
         last = 0.0
+        shift = 0.0  # how far a delay or a stall has pushed the upstream's timeline back
         async for data in response.aiter_raw():
+            arrived = time.perf_counter()
             for event in decoder.feed(data):
                 if event.data != "[DONE]":
                     if sent == spec.disconnect_after:
@@ -203,6 +205,7 @@ class FaultProxy:
                     if sent == spec.stall_after:
                         self._note(number, spec, f"stalled {spec.stall_s:g} s after {sent} chunks")
                         await asyncio.sleep(spec.stall_s)
+                        shift += spec.stall_s
                     if sent == spec.malformed_after:
                         self._note(number, spec, f"sent a malformed chunk after {sent} chunks")
                         await _chunk(writer, b"data: {\"choices\": [{\"delta\": {\"content\n\n")
@@ -215,12 +218,16 @@ class FaultProxy:
                     if sent == 0 and spec.ttft_delay_s:
                         self._note(number, spec, f"delayed the first chunk {spec.ttft_delay_s:g} s")
                         await asyncio.sleep(spec.ttft_delay_s)
+                        shift += spec.ttft_delay_s
                     if gap:
                         now = time.perf_counter()
                         if now - last < gap:
                             await asyncio.sleep(gap - (now - last))
                         last = time.perf_counter()
                     sent += 1
+                if shift and (wait := arrived + shift - time.perf_counter()) > 0:
+                    # what queued up meanwhile leaves at the upstream's own pace, not in one burst
+                    await asyncio.sleep(wait)
                 await _chunk(writer, encode_sse(event.data, event=None if event.event == "message" else event.event, id=event.id))
         await _chunk(writer, b"")
         return True
