@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -246,6 +246,27 @@ def start(
         quiet=True, ssr_mode=False, show_error=True,
     )
     return str(url), share_url
+
+
+def start_in_thread(build: Callable[[], gr.Blocks]) -> tuple[gr.Blocks, str]:
+    """Build and start an app from code that keeps its own event loop busy (a test, a benchmark).
+
+    The app is built inside a running loop of a thread of its own: built outside
+    any loop, Gradio leaks event loops; Playwright's sync API keeps one running
+    in the calling thread.
+    """
+    done: list[tuple[gr.Blocks, str]] = []
+
+    async def go() -> None:
+        demo = build()
+        done.append((demo, start(demo, port=free_port())[0]))
+
+    worker = threading.Thread(target=asyncio.run, args=(go(),))
+    worker.start()
+    worker.join()
+    if not done:
+        raise RuntimeError("the app did not start (see the error above)")
+    return done[0]
 
 
 def launch(

@@ -37,11 +37,9 @@ Method
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -53,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from apps._shared import free_port, start  # noqa: E402
+from apps._shared import start_in_thread  # noqa: E402
 from streamchat import ScriptedProvider, stream  # noqa: E402
 from streamchat.gradio import chat_fn  # noqa: E402
 from streamchat.messages import ChatRequest  # noqa: E402
@@ -211,17 +209,6 @@ def ours_fn(provider: Any, counter: Counted) -> Callable[..., Any]:
     return fn
 
 
-def serve(build: Callable[[], Any]) -> tuple[Any, str]:
-    done: list[tuple[Any, str]] = []
-
-    async def go() -> None:
-        demo = build()
-        done.append((demo, start(demo, port=free_port())[0]))
-
-    t = threading.Thread(target=asyncio.run, args=(go(),))
-    t.start()
-    t.join()
-    return done[0]
 
 
 def interface(fn: Callable[..., Any]) -> Any:
@@ -363,10 +350,10 @@ def main() -> None:
     counters = {name: Counted() for name in ("ours", "naive", "ours-http", "load_chat")}
     http = OpenAIProvider("test-model", base_url=server.url, api_key="sk-none")
     built = {
-        "ours": serve(lambda: interface(ours_fn(scripted["ours"], counters["ours"]))),
-        "naive": serve(lambda: interface(naive_fn(scripted["naive"], counters["naive"]))),
-        "ours-http": serve(lambda: interface(ours_fn(http, counters["ours-http"]))),
-        "load_chat": serve(lambda: load_chat(server.url, counters["load_chat"])),
+        "ours": start_in_thread(lambda: interface(ours_fn(scripted["ours"], counters["ours"]))),
+        "naive": start_in_thread(lambda: interface(naive_fn(scripted["naive"], counters["naive"]))),
+        "ours-http": start_in_thread(lambda: interface(ours_fn(http, counters["ours-http"]))),
+        "load_chat": start_in_thread(lambda: load_chat(server.url, counters["load_chat"])),
     }
     apps = {
         "ours": (built["ours"][1], scripted["ours"], counters["ours"]),
@@ -377,8 +364,8 @@ def main() -> None:
     md = {name: Stamped(ScriptedProvider(markdown_text(600), ttft=0.0, tokens_per_s=200)) for name in ("ours", "naive")}
     md_counters = {name: Counted() for name in md}
     md_apps = {
-        "ours": serve(lambda: interface(ours_fn(md["ours"], md_counters["ours"])))[1],
-        "naive": serve(lambda: interface(naive_fn(md["naive"], md_counters["naive"])))[1],
+        "ours": start_in_thread(lambda: interface(ours_fn(md["ours"], md_counters["ours"])))[1],
+        "naive": start_in_thread(lambda: interface(naive_fn(md["naive"], md_counters["naive"])))[1],
     }
     from apps import chat as chat_app
     from apps._shared import Providers, ProviderSettings
@@ -386,9 +373,9 @@ def main() -> None:
 
     watched: list[Watched] = []
     local = LocalProvider(model_factory=lambda **kw: watched.append(Watched(**kw)) or watched[0], seed=1)
-    chat_http = serve(lambda: chat_app.build(Providers(ProviderSettings(base_url=server.url, model="test-model")),
+    chat_http = start_in_thread(lambda: chat_app.build(Providers(ProviderSettings(base_url=server.url, model="test-model")),
                                              chat_app.ChatConfig(provider="openai")))
-    chat_local = serve(lambda: chat_app.build(Providers(ProviderSettings(), local=local),
+    chat_local = start_in_thread(lambda: chat_app.build(Providers(ProviderSettings(), local=local),
                                               chat_app.ChatConfig(provider="embedded", max_tokens=1024)))
     rounds: list[dict[str, Any]] = []
     with sync_playwright() as p:

@@ -13,7 +13,6 @@ checked against the lean one, and Ctrl-C is a real SIGINT to a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
@@ -23,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +68,6 @@ def lean(rig: FaultRig) -> LeanHTTPProvider:
     return LeanHTTPProvider(RIG_MODEL, base_url=rig.url, api_key=RIG_KEY)
 
 
-def caused(rig: FaultRig, drill: Drill) -> contextlib.AbstractContextManager[None]:
-    """Arm the drill's fault (``arm("")`` also restarts the attempt count), or enter the rig's state for it."""
-    rig.arm(drill.spec)
-    other: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
-        "wrong_key": rig.revoked_key, "unknown_model": rig.removed_model, "unreachable": rig.host_down,
-    }
-    return other.get(drill.name, contextlib.nullcontext)()
 
 
 def wait_for_stall(rig: FaultRig, mark: int, timeout: float = 30.0) -> None:
@@ -133,7 +125,7 @@ def test_drill(drill: Drill, rig: FaultRig, lean: LeanHTTPProvider, tmp_path: Pa
         closed = rig.wait_upstream_closed()
         assert closed.client_closed_ns is not None and closed.client_closed_ns - stop_ns < 200e6
     else:
-        with caused(rig, drill):
+        with rig.drill(drill):
             result = run_bench(lean, config(drill), on_progress=progress)
     wall = time.perf_counter() - started
     attempts = rig.attempts

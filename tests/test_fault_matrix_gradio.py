@@ -12,14 +12,11 @@ the user could first see them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from apps import chat  # noqa: E402
-from apps._shared import Providers, ProviderSettings, free_port, start  # noqa: E402
+from apps._shared import Providers, ProviderSettings, start_in_thread  # noqa: E402
 from streamchat import RetryPolicy, Timeouts  # noqa: E402
 from streamchat.faults.matrix import DRILLS, LIMIT_S, Drill, expect  # noqa: E402
 from streamchat.testing.fault_rig import RIG_KEY, RIG_MODEL, FaultRig  # noqa: E402
@@ -194,19 +191,6 @@ class ChatPage:
         return t
 
 
-def serve(build: Callable[[], Any]) -> tuple[Any, str]:
-    """Build and launch inside a running event loop, in a thread of its own (Playwright's
-    sync API keeps a loop running in this one; outside a loop Gradio leaks loops)."""
-    done: list[tuple[Any, str]] = []
-
-    async def go() -> None:
-        demo = build()
-        done.append((demo, start(demo, port=free_port())[0]))
-
-    worker = threading.Thread(target=asyncio.run, args=(go(),))
-    worker.start()
-    worker.join()
-    return done[0]
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +207,7 @@ def app_url(rig: FaultRig) -> Iterator[str]:
         timeouts=Timeouts(first_token=LIMIT_S, idle=LIMIT_S),
         retry=RetryPolicy(backoff_s=0.02, jitter=0.0),
     )
-    demo, url = serve(lambda: chat.build(providers, config))
+    demo, url = start_in_thread(lambda: chat.build(providers, config))
     yield url
     demo.close(verbose=False)
 
@@ -235,11 +219,6 @@ def page(browser: Any, app_url: str) -> Iterator[ChatPage]:
     p.context.close()
 
 
-def caused(rig: FaultRig, drill: Drill) -> contextlib.AbstractContextManager[None]:
-    """The drill's fault for the next request (``rig.arm`` also restarts the attempt count)."""
-    rig.arm(drill.spec)
-    by_rig = {"wrong_key": rig.revoked_key, "unknown_model": rig.removed_model, "unreachable": rig.host_down}
-    return by_rig[drill.name]() if drill.name in by_rig else contextlib.nullcontext()
 
 
 def expected_text(rig: FaultRig, partial: str) -> str:
@@ -256,7 +235,7 @@ def test_drill(
     text = expected_text(rig, want.partial)
     partial = rig.text_after(4)
 
-    with caused(rig, drill):
+    with rig.drill(drill):
         if drill.name == "stall":
             page.want("partial", "text", partial)
             page.want("told", "body", want.told)

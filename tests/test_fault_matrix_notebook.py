@@ -10,7 +10,6 @@ below it), then the same widget asks again to show the next request works.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -114,12 +113,7 @@ async def finished(chat: ChatWidget) -> Turn:
 
 async def run_drill(rig: FaultRig, chat: ChatWidget, drill: Drill) -> tuple[Turn, Watch, int]:
     """Cause ``drill`` and ask once; returns the turn, a watch on its message line, and when Send was pressed."""
-    if drill.spec:
-        rig.arm(drill.spec)
-    else:
-        rig.arm("")
-    cause = {"wrong_key": rig.revoked_key, "unknown_model": rig.removed_model, "unreachable": rig.host_down}
-    with cause[drill.name]() if drill.name in cause else contextlib.nullcontext():
+    with rig.drill(drill):
         sent_ns = time.perf_counter_ns()
         turn = ask(chat, f"drill {drill.name}")
         watch = Watch(turn.metrics)

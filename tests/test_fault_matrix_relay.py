@@ -269,12 +269,6 @@ def clients(rig: FaultRig) -> Iterator[Clients]:
     provider.close()
 
 
-def cause(rig: FaultRig, drill: Drill) -> contextlib.AbstractContextManager[None]:
-    if drill.spec:
-        rig.arm(drill.spec)
-        return contextlib.nullcontext()
-    rig.arm("")
-    return {"wrong_key": rig.revoked_key, "unknown_model": rig.removed_model, "unreachable": rig.host_down}[drill.name]()
 
 
 def assert_no_key(clients: Clients, *answers: Answer) -> None:
@@ -290,7 +284,7 @@ def test_relay(rig: FaultRig, clients: Clients, drill: Drill, endpoint: str) -> 
     want = expect(drill, "relay")
     partial = rig.text_after(4)
     before = clients.usage_count()
-    with cause(rig, drill):
+    with rig.drill(drill):
         answer = clients.ask(endpoint, stop_at=partial if drill.name == "stop_in_stall" else None)
     line = clients.usage_line(before)
 
@@ -374,7 +368,7 @@ def test_the_sdk_does_not_retry_what_cannot_help(rig: FaultRig, clients: Clients
     """With its default retries, the SDK obeys the relay's ``x-should-retry: false``: one upstream request."""
     drill = next(d for d in DRILLS if d.name == name)
     sdk = openai.OpenAI(base_url=clients.relay.base_url, api_key=KEY)  # max_retries=2, the default
-    with sdk, cause(rig, drill), pytest.raises(openai.InternalServerError) as raised:
+    with sdk, rig.drill(drill), pytest.raises(openai.InternalServerError) as raised:
         sdk.chat.completions.create(model=RIG_MODEL, messages=MESSAGES, stream=True)
     assert raised.value.status_code == 502 and rig.attempts == 1
     assert not isinstance(raised.value, openai.AuthenticationError)

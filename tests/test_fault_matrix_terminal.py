@@ -7,7 +7,6 @@ real ``\\x03`` typed into the terminal, turned into SIGINT by the line disciplin
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pty
 import re
@@ -130,19 +129,13 @@ def term(rig: FaultRig) -> Iterator[Terminal]:
     assert RIG_KEY not in term.text()
 
 
-def cause(rig: FaultRig, drill: Drill) -> contextlib.AbstractContextManager[None]:
-    if drill.spec:
-        rig.arm(drill.spec)
-        return contextlib.nullcontext()
-    rig.arm("")
-    return {"wrong_key": rig.revoked_key, "unknown_model": rig.removed_model, "unreachable": rig.host_down}[drill.name]()
 
 
 @pytest.mark.parametrize("drill", DRILLS, ids=[d.name for d in DRILLS])
 def test_terminal(rig: FaultRig, term: Terminal, drill: Drill) -> None:
     want = expect(drill, "terminal")
     partial = rig.text_after(4)
-    with cause(rig, drill):
+    with rig.drill(drill):
         stop_when = partial if drill.name == "stop_in_stall" else None
         answer, sent_ns, stop_ns = ask(term, stop_when=stop_when)
     shown = {"complete": rig.full_text, "kept": partial, "none": ""}[want.partial]

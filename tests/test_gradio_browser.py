@@ -8,10 +8,8 @@ checked where it matters: on the server's side.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from apps import chat  # noqa: E402
-from apps._shared import Providers, ProviderSettings, free_port, start  # noqa: E402
+from apps._shared import Providers, ProviderSettings, start_in_thread  # noqa: E402
 from streamchat import stream  # noqa: E402
 from streamchat.gradio import ChatSession, stream_answer, to_prompt  # noqa: E402
 from streamchat.providers.local import LocalProvider  # noqa: E402
@@ -51,19 +49,6 @@ def script(req: Request) -> Reply:
     return text_reply(["Hello", ",", " world", "!"])
 
 
-def serve(build: Callable[[], Any]) -> tuple[Any, str]:
-    """Build and launch inside a running event loop (outside one, Gradio leaks event loops),
-    in a thread of its own (Playwright's sync API keeps a loop running in this one)."""
-    done: list[tuple[Any, str]] = []
-
-    async def go() -> None:
-        demo = build()
-        done.append((demo, start(demo, port=free_port())[0]))
-
-    worker = threading.Thread(target=asyncio.run, args=(go(),))
-    worker.start()
-    worker.join()
-    return done[0]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +60,7 @@ def server() -> Iterator[WireServer]:
 @pytest.fixture(scope="module")
 def app_url(server: WireServer) -> Iterator[str]:
     providers = Providers(ProviderSettings(base_url=server.url, model="test-model", api_key=SECRET))
-    demo, url = serve(lambda: chat.build(providers, chat.ChatConfig(provider="openai")))
+    demo, url = start_in_thread(lambda: chat.build(providers, chat.ChatConfig(provider="openai")))
     yield url
     demo.close(verbose=False)
 
@@ -208,7 +193,7 @@ def test_the_sync_twin_stops_at_once_too(server: WireServer, open_page: Any) -> 
             box.stop(stop, [session], None, queue=False)
         return demo
 
-    demo, url = serve(build)
+    demo, url = start_in_thread(build)
     try:
         page = open_page(url)
         before = len(server.requests)
@@ -255,7 +240,7 @@ def test_embedded_model_queues_visibly_and_stop_halts_generation(open_page: Any)
     model: list[Watched] = []
     local = LocalProvider(model_factory=lambda **kw: model.append(Watched(**kw)) or model[0], seed=1)
     providers = Providers(ProviderSettings(), local=local)
-    demo, url = serve(lambda: chat.build(providers, chat.ChatConfig(provider="embedded", max_tokens=1024)))
+    demo, url = start_in_thread(lambda: chat.build(providers, chat.ChatConfig(provider="embedded", max_tokens=1024)))
     try:
         first, second = open_page(url), open_page(url)
         prompt = "Write a long story about a dragon who learns to bake bread, in ten chapters."

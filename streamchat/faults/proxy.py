@@ -15,7 +15,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -177,65 +177,97 @@ class FaultProxy:
         pump = asyncio.create_task(
             self._body(writer, response, spec, number) if spec is not None and is_sse else _raw(writer, response)
         )
-        done, _ = await asyncio.wait({watcher, pump}, return_when=asyncio.FIRST_COMPLETED)
-        if watcher in done:  # the client hung up: stop reading upstream now
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
-            raise _Hangup
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        return pump.result()
+        try:
+            done, _ = await asyncio.wait({watcher, pump}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:  # the client hung up: stop reading upstream now
+                raise _Hangup
+            return pump.result()
+        finally:  # also when this connection is cancelled (the proxy closing): no task may outlive it
+            for task in (watcher, pump):
+                task.cancel()
+            for task in (watcher, pump):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _body(self, writer: asyncio.StreamWriter, response: Any, spec: FaultSpec, number: int) -> bool:
         decoder = SSEDecoder()
         sent = 0
         gap = 1.0 / spec.tokens_per_s if spec.tokens_per_s > 0 else 0.0
         last = 0.0
-        shift = 0.0  # how far a delay or a stall has pushed the upstream's timeline back
-        async for data in response.aiter_raw():
-            arrived = time.perf_counter()
-            for event in decoder.feed(data):
-                if event.data != "[DONE]":
-                    if sent == spec.disconnect_after:
-                        self._note(number, spec, f"disconnected after {sent} chunks")
-                        writer.transport.abort()
-                        return False
-                    if sent == spec.stall_after:
-                        self._note(number, spec, f"stalled {spec.stall_s:g} s after {sent} chunks")
-                        await asyncio.sleep(spec.stall_s)
-                        shift += spec.stall_s
-                    if sent == spec.malformed_after:
-                        self._note(number, spec, f"sent a malformed chunk after {sent} chunks")
-                        await _chunk(writer, b"data: {\"choices\": [{\"delta\": {\"content\n\n")
-                    if sent == spec.error_after:
-                        self._note(number, spec, f"sent an error event after {sent} chunks")
-                        payload = json.dumps({"error": {"message": spec.message, "type": "injected"}})
-                        await _chunk(writer, encode_sse(payload))
-                        await _chunk(writer, b"")
-                        return False
-                    if sent == 0 and spec.ttft_delay_s:
-                        self._note(number, spec, f"delayed the first chunk {spec.ttft_delay_s:g} s")
-                        await asyncio.sleep(spec.ttft_delay_s)
-                        shift += spec.ttft_delay_s
-                    if gap:
-                        now = time.perf_counter()
-                        if now - last < gap:
-                            await asyncio.sleep(gap - (now - last))
-                        last = time.perf_counter()
-                    sent += 1
-                if shift and (wait := arrived + shift - time.perf_counter()) > 0:
-                    # what queued up meanwhile leaves at the upstream's own pace, not in one burst
-                    await asyncio.sleep(wait)
-                await _chunk(writer, encode_sse(event.data, event=None if event.event == "message" else event.event, id=event.id))
+        shift = 0.0  # how far the first-chunk delay has pushed the upstream's timeline back
+        flowing = asyncio.Event()
+        flowing.set()
+        async with contextlib.aclosing(_arrivals(response, flowing)) as body:
+            async for arrived, data in body:
+                for event in decoder.feed(data):
+                    if event.data != "[DONE]":
+                        if sent == spec.disconnect_after:
+                            self._note(number, spec, f"disconnected after {sent} chunks")
+                            writer.transport.abort()
+                            return False
+                        if sent == spec.stall_after:
+                            self._note(number, spec, f"stalled {spec.stall_s:g} s after {sent} chunks")
+                            # a stalled server sends nothing: stop reading too, so its connection
+                            # is still open (and closed when the client hangs up)
+                            flowing.clear()
+                            await asyncio.sleep(spec.stall_s)
+                            flowing.set()
+                        if sent == spec.malformed_after:
+                            self._note(number, spec, f"sent a malformed chunk after {sent} chunks")
+                            await _chunk(writer, b"data: {\"choices\": [{\"delta\": {\"content\n\n")
+                        if sent == spec.error_after:
+                            self._note(number, spec, f"sent an error event after {sent} chunks")
+                            payload = json.dumps({"error": {"message": spec.message, "type": "injected"}})
+                            await _chunk(writer, encode_sse(payload))
+                            await _chunk(writer, b"")
+                            return False
+                        if sent == 0 and spec.ttft_delay_s:
+                            self._note(number, spec, f"delayed the first chunk {spec.ttft_delay_s:g} s")
+                            await asyncio.sleep(spec.ttft_delay_s)
+                            shift += spec.ttft_delay_s
+                        if gap:
+                            now = time.perf_counter()
+                            if now - last < gap:
+                                await asyncio.sleep(gap - (now - last))
+                            last = time.perf_counter()
+                        sent += 1
+                    if shift and (wait := arrived + shift - time.perf_counter()) > 0:
+                        # what queued up meanwhile leaves at the upstream's own pace, not in one burst
+                        await asyncio.sleep(wait)
+                    await _chunk(writer, encode_sse(event.data, event=None if event.event == "message" else event.event, id=event.id))
         await _chunk(writer, b"")
         return True
 
 
+async def _arrivals(response: Any, flowing: asyncio.Event) -> AsyncGenerator[tuple[float, bytes], None]:
+    """The body's pieces with the moment each arrived, read ahead (while ``flowing`` is set) so that
+    a delay of ours does not move that clock."""
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async with contextlib.aclosing(response.aiter_raw()) as body:
+                async for data in body:
+                    queue.put_nowait((time.perf_counter(), data))
+                    await flowing.wait()
+        finally:
+            queue.put_nowait(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (item := await queue.get()) is not None:
+            yield item
+        await reader  # its error, if the upstream failed
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+
+
 async def _raw(writer: asyncio.StreamWriter, response: Any) -> bool:
-    async for data in response.aiter_raw():
-        await _chunk(writer, data)
+    async with contextlib.aclosing(response.aiter_raw()) as body:
+        async for data in body:
+            await _chunk(writer, data)
     await _chunk(writer, b"")
     return True
 

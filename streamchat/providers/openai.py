@@ -9,6 +9,7 @@ the core (``max_retries=0`` here), which only retries before the first token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -264,6 +265,7 @@ class AsyncHTTPSource:
         self._provider = provider
         self._done = False
         self._closed = False
+        self._reading = False
 
     def __aiter__(self) -> AsyncHTTPSource:
         return self
@@ -274,6 +276,7 @@ class AsyncHTTPSource:
                 await self._drain()
             if self._closed or self._done:
                 raise StopAsyncIteration
+            self._reading = True
             try:
                 data = await self._bytes.__anext__()
             except StopAsyncIteration:
@@ -281,6 +284,8 @@ class AsyncHTTPSource:
                 raise
             except Exception as exc:
                 raise _read_error(exc, self._provider) from None
+            finally:
+                self._reading = False
             self._events = self._decoder.feed(data)
         chunk = _parse(self._events.pop(0).data, self._provider)
         self._done = chunk is DONE
@@ -298,6 +303,10 @@ class AsyncHTTPSource:
         if self._closed:
             return
         self._closed = True
+        if not self._reading:
+            # closed here, on its loop, rather than by the garbage collector later, maybe after the loop is gone
+            with contextlib.suppress(Exception):
+                await self._bytes.aclose()
         try:
             await self._response.aclose()
         except Exception:

@@ -14,6 +14,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 
+from ..faults.matrix import Drill
 from ..faults.proxy import ProxyThread, running
 from ..faults.spec import Injector
 from .wire_server import ConnectionRecord, Reply, Request, WireServer, error_reply, text_reply
@@ -91,6 +92,14 @@ class FaultRig:
         """Chat requests the surface sent since :meth:`arm` (a retry makes it 2 or more)."""
         seen = self.proxy.proxy.seen[self._mark:]
         return sum(1 for method, path in seen if method == "POST" and path.endswith("/chat/completions"))
+
+    @contextlib.contextmanager
+    def drill(self, drill: Drill) -> Iterator[None]:
+        """Cause one drill of the failure matrix for the block: arm its fault, or change the server's state."""
+        self.arm(drill.spec)
+        by_rig = {"wrong_key": self.revoked_key, "unknown_model": self.removed_model, "unreachable": self.host_down}
+        with by_rig[drill.name]() if drill.name in by_rig else contextlib.nullcontext():
+            yield
 
     @contextlib.contextmanager
     def revoked_key(self) -> Iterator[None]:
