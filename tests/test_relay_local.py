@@ -17,7 +17,10 @@ import openai
 import pytest
 from conftest import CountingLlama
 
+from streamchat import TextDelta, stream
+from streamchat.faults.proxy import running
 from streamchat.providers.local import LocalProvider
+from streamchat.providers.openai import OpenAIProvider
 from streamchat.relay import RelayConfig, UsageLog, create_app
 from streamchat.relay.testing import ServedRelay
 
@@ -90,3 +93,51 @@ def test_leaving_mid_answer_stops_generation(served: Any) -> None:
             next(iter(stream))
         assert time.monotonic() - started < 5.0
     assert time.monotonic() - left < 10
+
+
+def test_fault_drills_in_front_of_the_embedded_model(served: Any) -> None:
+    """The fault proxy between the core and a real server (the relay serving the embedded model)."""
+    relay, made, usage = served
+    llama, model = made[0], "SmolLM2-135M-Instruct.Q4_1"
+    story, short = "Write a very long story about a lighthouse.", {"max_tokens": 24, "temperature": 0}
+
+    def provider(url: str, fault: str | None = None) -> OpenAIProvider:
+        headers = {"X-Streamchat-Fault": fault} if fault else None
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, default_headers=headers)
+        return OpenAIProvider(model, base_url=url, client=client)
+
+    with running(relay.base_url) as proxy:
+        with provider(proxy.url) as p, stream(p, story, **short) as whole:
+            pieces = [e.text for e in whole if isinstance(e, TextDelta)]  # one per chunk from the relay
+        assert whole.finish_reason in ("stop", "length") and len(pieces) > 6
+
+        # cut after 4 SSE events: exactly the text that had come, said plainly, not retried
+        with provider(proxy.url, "disconnect") as p:
+            cut = stream(p, story, **short).until_done()
+        assert cut.error is not None and "connection broke mid-answer" in cut.error.message
+        assert whole.text.startswith(cut.text) and 0 < len(cut.text) < len(whole.text)
+        assert cut.timings.attempts == 1
+
+        # Stop during a stall: the model stops sampling, through the proxy and the relay
+        mark = len(usage.getvalue().splitlines())
+        with provider(proxy.url, "stall") as p:
+            s = stream(p, story, max_tokens=400, temperature=0)
+            for _ in s:
+                if s.text == cut.text:  # the same 4 chunks: the proxy is holding the rest now
+                    break
+            time.sleep(0.2)
+            s.close()
+        time.sleep(0.2)
+        at_limit = llama.sampled
+        time.sleep(0.5)
+        assert llama.sampled == at_limit, f"the model sampled {llama.sampled - at_limit} more tokens after 200 ms"
+        assert s.text == cut.text and s.finish_reason == "cancelled"
+        assert json.loads(proxy.log_lines[-1])["did"].startswith("stalled")
+        deadline = time.monotonic() + 5
+        while len(usage.getvalue().splitlines()) == mark and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert json.loads(usage.getvalue().splitlines()[mark])["finish_reason"] == "client_disconnected"
+
+        # and the next request gets the same whole answer
+        with provider(proxy.url) as p:
+            assert stream(p, story, **short).until_done().text == whole.text
