@@ -123,7 +123,7 @@ def test_drill(drill: Drill, rig: FaultRig, lean: LeanHTTPProvider, tmp_path: Pa
         rig.arm(drill.spec)
         result, stop_ns = stop_during_stall(rig, lean, progress)
         closed = rig.wait_upstream_closed()
-        assert closed.client_closed_ns is not None and closed.client_closed_ns - stop_ns < 200e6
+        assert closed.client_closed_ns is not None and 0 <= closed.client_closed_ns - stop_ns < 200e6
     else:
         with rig.drill(drill):
             result = run_bench(lean, config(drill), on_progress=progress)
@@ -258,7 +258,7 @@ def test_ctrl_c_during_a_stall(rig: FaultRig, tmp_path: Path, capsys: pytest.Cap
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert closed.client_closed_ns is not None and closed.client_closed_ns - stop_ns < 200e6
+    assert closed.client_closed_ns is not None and 0 <= closed.client_closed_ns - stop_ns < 200e6
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted: 1 request measured and saved" in err
     assert "c=1*" in out and f"1 not completed: cancelled ×1 (first: {STOPPED})" in out and "* interrupted" in out

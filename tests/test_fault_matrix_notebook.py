@@ -133,7 +133,7 @@ async def stop_in_stall(rig: FaultRig, chat: ChatWidget, turn: Turn) -> None:
     record = await asyncio.to_thread(rig.wait_upstream_closed, 5.0)
     assert record.client_closed_ns is not None, "the upstream never saw the connection close"
     took_ms = (record.client_closed_ns - stop_ns) / 1e6
-    assert took_ms < 200, f"upstream closed {took_ms:.0f} ms after Stop"
+    assert 0 <= took_ms < 200, f"upstream closed {took_ms:.0f} ms after Stop"
 
 
 def check_deadline(drill: Drill, turn: Turn, watch: Watch, sent_ns: int) -> None:
@@ -248,7 +248,7 @@ async def test_ashow_cell(
         record = await asyncio.to_thread(rig.wait_upstream_closed, 5.0)
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert record.client_closed_ns is not None and record.client_closed_ns - stop_ns < 200e6
+        assert record.client_closed_ns is not None and 0 <= record.client_closed_ns - stop_ns < 200e6
         assert s.finish_reason == "cancelled"
         assert screen.plain == f"{text}\n{s.timings.summary('cancelled')}"
         assert cell.told in screen.markdown.lower()

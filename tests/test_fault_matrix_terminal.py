@@ -150,7 +150,7 @@ def test_terminal(rig: FaultRig, term: Terminal, drill: Drill) -> None:
         assert rig.attempts == attempts, answer.screen
     if drill.name == "stop_in_stall":
         closed = rig.wait_upstream_closed().client_closed_ns
-        assert closed is not None and (closed - stop_ns) / 1e6 < 200
+        assert closed is not None and 0 <= (closed - stop_ns) / 1e6 < 200
         assert "[stopped]" in answer.rest and "cancelled" in answer.rest
     elif want.told:
         assert "streamchat: error: " in answer.rest and want.told in answer.rest, answer.screen
