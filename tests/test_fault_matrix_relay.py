@@ -334,7 +334,7 @@ def test_relay(rig: FaultRig, clients: Clients, drill: Drill, endpoint: str) -> 
     if drill.name in ("stall", "slow_first_token"):
         due_ns = answer.last_text_ns if drill.name == "stall" else answer.start_ns
         late_s = (answer.error_ns - due_ns) / 1e9
-        assert LIMIT_S - 0.05 <= late_s <= LIMIT_S + 0.5, late_s
+        assert LIMIT_S - 0.2 <= late_s <= LIMIT_S + 0.5, late_s  # measured from when the client read the last chunk
 
     # after any fault, the next request through the same client works
     rig.arm("")

@@ -160,7 +160,8 @@ def test_terminal(rig: FaultRig, term: Terminal, drill: Drill) -> None:
         # due: the last chunk shown (idle), or the prompt sent (first token)
         error_ns = term.shown_at(term.seen.rfind(b"streamchat: error"))
         due_ns = sent_ns if drill.name == "slow_first_token" else term.shown_at(term.seen.rfind(partial.encode()) + len(partial))
-        assert LIMIT_S - 0.05 <= (error_ns - due_ns) / 1e9 <= LIMIT_S + 0.5
+        # the lower bound has room: "due" is when this process read the partial text, a little late
+        assert LIMIT_S - 0.2 <= (error_ns - due_ns) / 1e9 <= LIMIT_S + 0.5
     assert RIG_KEY not in answer.screen
 
     rig.arm("")
@@ -170,5 +171,5 @@ def test_terminal(rig: FaultRig, term: Terminal, drill: Drill) -> None:
     if want.partial == "kept":  # the partial answer stays in the conversation, once
         assert sent[-3:] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": partial},
                              {"role": "user", "content": "hi"}]
-    elif want.partial == "none":  # the unanswered question is not sent twice
-        assert [m["role"] for m in sent[-2:]] != ["user", "user"], sent
+    elif want.partial == "none" and len(sent) > 1:  # the unanswered question is not sent again
+        assert sent[-2] == {"role": "assistant", "content": rig.full_text}, sent

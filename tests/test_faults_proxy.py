@@ -180,3 +180,21 @@ def test_the_documented_matrix_is_the_tested_one() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "faults.md").read_text()
     between = doc.split("<!-- matrix:start -->\n", 1)[1].split("<!-- matrix:end -->", 1)[0]
     assert between == markdown(), "docs/faults.md is stale: paste streamchat.faults.matrix.markdown() between the markers"
+
+
+def test_a_client_leaving_during_a_long_delay_closes_upstream() -> None:
+    # the proxy reads ahead during a first-chunk delay (to keep the upstream's pace), but only so far:
+    # the rest of a long answer stays upstream, so a client that leaves still closes that connection
+    tokens = [f"w{i} " for i in range(400)]
+    with WireServer(text_reply(tokens, gap=0.001)) as srv, running(srv.url) as proxy:
+        parts = urlsplit(proxy.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        body = json.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        conn.request("POST", parts.path + "/chat/completions", body,
+                     {"Content-Type": "application/json", "X-Streamchat-Fault": "ttft_delay=5"})
+        assert conn.getresponse().status == 200
+        time.sleep(1.0)  # upstream has sent everything it could by now
+        left = time.perf_counter_ns()
+        conn.close()
+        record = srv.wait_closed(0, timeout=2)
+    assert record.client_closed_ns is not None and 0 <= record.client_closed_ns - left < 200e6

@@ -112,14 +112,14 @@ def _interactive(provider: Provider, args: argparse.Namespace) -> int:
         history.append(Message("user", line))
         try:
             text = _answer(provider, history, args)
-        except _Stopped as stop:
-            text = stop.args[0]
+        except KeyboardInterrupt as stop:
+            text = stop.args[0] if isinstance(stop, _Stopped) else ""
             print("[stopped]", file=sys.stderr)
         except _Failed as failed:
             text = failed.args[0]
-            if not text:  # nothing came back: ask again rather than repeat the question
-                history.pop()
-                continue
+        if not text:  # nothing came back: the next question must not repeat this one
+            history.pop()
+            continue
         history.append(Message("assistant", text))
 
 

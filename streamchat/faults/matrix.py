@@ -106,7 +106,8 @@ _WHERE: dict[Surface, str] = {
 }
 
 _PARTIAL = {"complete": "complete answer", "kept": "kept", "none": "nothing had streamed"}
-_ALWAYS = {"rate_limit": DRILLS[4], "server_error": DRILLS[6]}  # the same fault, every time
+_BY_NAME = {d.name: d for d in DRILLS}
+_ALWAYS = {"rate_limit": _BY_NAME["rate_limited"], "server_error": _BY_NAME["server_down"]}  # the same fault, every time
 _NAMES = {"terminal": "terminal chat", "gradio": "Gradio app", "notebook": "notebook widget", "bench": "benchmark",
           "relay": "relay server"}
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import httpx2
 
 HEADER = "x-streamchat-fault"
+_READ_AHEAD = 64  # pieces of the upstream's body read before they are sent on
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection", "te", "upgrade", HEADER}
 
 
@@ -56,12 +57,14 @@ class FaultProxy:
         self.host, self.port = host, port
         self._client = client
         self._log = log or (lambda line: None)
+        self._keep_lines = log is None  # a long-running proxy must not grow
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.log_lines: list[str] = []
-        self.seen: list[tuple[str, str]] = []
-        """Method and path of every request received, injected or not."""
+        """The injections' log lines, kept when no ``log`` callback takes them (tests read them)."""
+        self.chat_requests = 0
+        """Chat-completion requests received, injected or not."""
 
     @property
     def url(self) -> str:
@@ -102,7 +105,8 @@ class FaultProxy:
 
     def _note(self, number: int, spec: FaultSpec, what: str) -> None:
         line = json.dumps({"t": round(time.time(), 3), "request": number, "fault": spec.describe(), "did": what})
-        self.log_lines.append(line)
+        if self._keep_lines:
+            self.log_lines.append(line)
         self._log(line)
 
     # -- one client connection, possibly several requests ----------------------
@@ -132,7 +136,8 @@ class FaultProxy:
         headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
         lower = {k.lower(): v for k, v in headers}
         body = await reader.readexactly(int(lower.get("content-length", "0") or 0))
-        self.seen.append((method, path))
+        if method == "POST" and path.split("?", 1)[0].endswith("/chat/completions"):
+            self.chat_requests += 1
         number = self.injector.requests + 1
         if HEADER in lower:
             try:
@@ -242,16 +247,19 @@ class FaultProxy:
 async def _arrivals(response: Any, flowing: asyncio.Event) -> AsyncGenerator[tuple[float, bytes], None]:
     """The body's pieces with the moment each arrived, read ahead (while ``flowing`` is set) so that
     a delay of ours does not move that clock."""
-    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    # Bounded, so that a long delay leaves the rest of a long answer upstream, its connection open.
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(_READ_AHEAD)
 
     async def read() -> None:
         try:
             async with contextlib.aclosing(response.aiter_raw()) as body:
                 async for data in body:
-                    queue.put_nowait((time.perf_counter(), data))
+                    await queue.put((time.perf_counter(), data))
                     await flowing.wait()
-        finally:
-            queue.put_nowait(None)
+        except Exception:
+            await queue.put(None)  # the consumer wakes, and gets this error from `await reader`
+            raise
+        await queue.put(None)
 
     reader = asyncio.create_task(read())
     try:
@@ -311,6 +319,7 @@ class ProxyThread:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="streamchat-faults", daemon=True)
         self._ready = threading.Event()
+        self._failed: BaseException | None = None
 
     @property
     def url(self) -> str:
@@ -337,6 +346,8 @@ class ProxyThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the fault proxy did not start within 10 s")
+        if self._failed is not None:
+            raise RuntimeError(f"the fault proxy did not start: {self._failed}") from self._failed
         return self
 
     def stop(self) -> None:
@@ -355,8 +366,13 @@ class ProxyThread:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self.proxy.start())
-        self._ready.set()
+        try:
+            self._loop.run_until_complete(self.proxy.start())
+        except BaseException as exc:
+            self._failed = exc
+            return
+        finally:
+            self._ready.set()
         self._loop.run_forever()
 
     def _call(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -27,7 +27,11 @@ RIG_TOKENS = tuple(f"t{i} " for i in range(12))
 
 
 class FaultRig:
-    """``WireServer`` (checks key and model) ← ``FaultProxy`` ← the surface under test."""
+    """``WireServer`` (checks key and model) ← ``FaultProxy`` ← the surface under test.
+
+    Keep ``gap`` above 0: the Stop drills need an upstream still sending when the
+    client leaves (one that has finished has no connection left to close).
+    """
 
     def __init__(
         self, tokens: Sequence[str] = RIG_TOKENS, *, gap: float = 0.01,
@@ -85,13 +89,12 @@ class FaultRig:
         if spec and ";" not in spec:
             spec += ";times=1"
         self.injector = self.proxy.arm(spec)
-        self._mark = len(self.proxy.proxy.seen)
+        self._mark = self.proxy.proxy.chat_requests
 
     @property
     def attempts(self) -> int:
         """Chat requests the surface sent since :meth:`arm` (a retry makes it 2 or more)."""
-        seen = self.proxy.proxy.seen[self._mark:]
-        return sum(1 for method, path in seen if method == "POST" and path.endswith("/chat/completions"))
+        return self.proxy.proxy.chat_requests - self._mark
 
     @contextlib.contextmanager
     def drill(self, drill: Drill) -> Iterator[None]:
