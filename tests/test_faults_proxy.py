@@ -89,9 +89,9 @@ def test_delays_and_throttle(srv: WireServer) -> None:
         with provider(proxy.url, "ttft_delay=0.3") as p:
             s = stream(p, "hi").until_done()
             assert s.timings.ttft_s >= 0.3 and s.text == FULL
-            # the chunks that queued during the delay keep the upstream's pace (5 ms apart): not one burst,
-            # and not slower either
-            assert 11 * 0.005 * 0.8 <= s.timings.duration_s - s.timings.ttft_s < 0.25
+            # the chunks that queued during the delay keep the upstream's pace (11 gaps of 5 ms): not one
+            # burst (a few ms), and not slower either; pieces read together leave together, hence the room
+            assert 0.02 <= s.timings.duration_s - s.timings.ttft_s < 0.25
         with provider(proxy.url, "headers_delay=0.3") as p:
             s = stream(p, "hi").until_done()
             assert s.timings.headers_s >= 0.3 and s.text == FULL
