@@ -209,8 +209,6 @@ def ours_fn(provider: Any, counter: Counted) -> Callable[..., Any]:
     return fn
 
 
-
-
 def interface(fn: Callable[..., Any]) -> Any:
     import gradio as gr
 

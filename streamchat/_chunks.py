@@ -7,7 +7,8 @@ tool-call fragments are handled once, here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._events import ReasoningDelta, StreamEvent, TextDelta, TokenSource, ToolCallDelta, Usage
@@ -17,6 +18,22 @@ _OPEN, _CLOSE = "<think>", "</think>"
 
 DONE: Mapping[str, Any] = {"choices": []}
 """Stands for ``data: [DONE]``: a source yields it when the server said the answer is complete."""
+
+NOT_JSON = "malformed chunk, not JSON"
+NOT_AN_OBJECT = "malformed chunk, not a JSON object"
+
+
+def parse_data(data: str, redact: Callable[[str], str] = str) -> Mapping[str, Any]:
+    """One SSE ``data:`` payload as a chunk dict, or :data:`DONE`; ``redact`` cleans what an error quotes."""
+    if data == "[DONE]":
+        return DONE
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise ProtocolError(redact(f"{NOT_JSON}: {data[:80]!r}")) from None
+    if not isinstance(chunk, dict):
+        raise ProtocolError(redact(f"{NOT_AN_OBJECT}: {data[:80]!r}"))
+    return chunk
 
 
 class ThinkSplitter:

@@ -28,6 +28,10 @@ from typing import Literal
 _KEYLIKE = re.compile(r"\b(sk|pk|rk|hf|gsk|xai)[-_][A-Za-z0-9_\-*]{6,}")
 
 
+BROKE_MID_ANSWER = "the connection broke mid-answer"
+"""How every client says a stream was cut (the relay repeats this phrase, never the rest)."""
+
+
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """Remove every given secret, and anything shaped like an API key, from ``text``."""
     for secret in secrets:

@@ -68,8 +68,6 @@ def lean(rig: FaultRig) -> LeanHTTPProvider:
     return LeanHTTPProvider(RIG_MODEL, base_url=rig.url, api_key=RIG_KEY)
 
 
-
-
 def wait_for_stall(rig: FaultRig, mark: int, timeout: float = 30.0) -> None:
     """Until the proxy holds the stream after its 4 chunks, then a moment for the client to read them.
 

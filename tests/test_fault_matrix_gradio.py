@@ -191,8 +191,6 @@ class ChatPage:
         return t
 
 
-
-
 @pytest.fixture(scope="module")
 def rig() -> Iterator[FaultRig]:
     with FaultRig() as r:
@@ -217,8 +215,6 @@ def page(browser: Any, app_url: str) -> Iterator[ChatPage]:
     p = ChatPage(browser, app_url)
     yield p
     p.context.close()
-
-
 
 
 def expected_text(rig: FaultRig, partial: str) -> str:

@@ -269,8 +269,6 @@ def clients(rig: FaultRig) -> Iterator[Clients]:
     provider.close()
 
 
-
-
 def assert_no_key(clients: Clients, *answers: Answer) -> None:
     for answer in answers:
         assert RIG_KEY not in "\n".join(answer.received)

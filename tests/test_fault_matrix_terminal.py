@@ -129,8 +129,6 @@ def term(rig: FaultRig) -> Iterator[Terminal]:
     assert RIG_KEY not in term.text()
 
 
-
-
 @pytest.mark.parametrize("drill", DRILLS, ids=[d.name for d in DRILLS])
 def test_terminal(rig: FaultRig, term: Terminal, drill: Drill) -> None:
     want = expect(drill, "terminal")

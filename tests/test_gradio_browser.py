@@ -49,8 +49,6 @@ def script(req: Request) -> Reply:
     return text_reply(["Hello", ",", " world", "!"])
 
 
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[WireServer]:
     with WireServer(script) as srv:

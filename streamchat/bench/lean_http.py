@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._chunks import DONE
+from .._chunks import DONE, parse_data
 from .._sse import SSEDecoder, SSEEvent
 from ..errors import (
+    BROKE_MID_ANSWER,
     ConfigError,
     ConnectError,
     ProtocolError,
@@ -283,18 +284,10 @@ class LeanSource:
                 if self._body.until_close:
                     self._finished = True
                     continue
-                raise StreamDropped(f"the connection broke mid-answer ({self._provider.where} closed it)")
+                raise StreamDropped(f"{BROKE_MID_ANSWER} ({self._provider.where} closed it)")
             await conn.more()
-        data = self._events.pop(0).data
-        if data == "[DONE]":
-            self._done = True
-            return DONE
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise ProtocolError(self._provider.redact(f"malformed chunk, not JSON: {data[:80]!r}")) from None
-        if not isinstance(chunk, dict):
-            raise ProtocolError(self._provider.redact(f"malformed chunk, not a JSON object: {data[:80]!r}"))
+        chunk = parse_data(self._events.pop(0).data, self._provider.redact)
+        self._done = chunk is DONE
         return chunk
 
     async def _finish(self, conn: _Connection) -> None:

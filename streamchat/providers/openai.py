@@ -10,7 +10,6 @@ the core (``max_retries=0`` here), which only retries before the first token.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
@@ -18,12 +17,12 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._chunks import DONE
+from .._chunks import DONE, parse_data
 from .._sse import SSEDecoder, SSEEvent
 from ..errors import (
+    BROKE_MID_ANSWER,
     ConfigError,
     ConnectError,
-    ProtocolError,
     ProviderError,
     StreamDropped,
     StreamTimeout,
@@ -226,7 +225,7 @@ class HTTPSource:
             finally:
                 self._reading = False
             self._events = self._decoder.feed(data)
-        chunk = _parse(self._events.pop(0).data, self._provider)
+        chunk = parse_data(self._events.pop(0).data, self._provider.redact)
         self._done = chunk is DONE
         return chunk
 
@@ -287,7 +286,7 @@ class AsyncHTTPSource:
             finally:
                 self._reading = False
             self._events = self._decoder.feed(data)
-        chunk = _parse(self._events.pop(0).data, self._provider)
+        chunk = parse_data(self._events.pop(0).data, self._provider.redact)
         self._done = chunk is DONE
         return chunk
 
@@ -339,18 +338,6 @@ def _set_body_timeout(response: Any, timeouts: Timeouts) -> None:
         limits["read"] = _backstop(longest_wait)
 
 
-def _parse(data: str, provider: OpenAIProvider) -> Mapping[str, Any]:
-    if data == "[DONE]":
-        return DONE
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        raise ProtocolError(provider.redact(f"malformed chunk, not JSON: {data[:80]!r}")) from None
-    if not isinstance(chunk, dict):
-        raise ProtocolError(provider.redact(f"malformed chunk, not a JSON object: {data[:80]!r}"))
-    return chunk
-
-
 def _read_error(exc: Exception, provider: OpenAIProvider) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
@@ -358,8 +345,8 @@ def _read_error(exc: Exception, provider: OpenAIProvider) -> ProviderError:
     if "Timeout" in name:
         return StreamTimeout("idle", 0)
     if "peer closed connection" in str(exc):  # the common case, said plainly (the bench's client says the same)
-        return StreamDropped(f"the connection broke mid-answer ({_host(provider.base_url)} closed it)")
-    return StreamDropped(provider.redact(f"the connection broke mid-answer ({name}: {exc})"))
+        return StreamDropped(f"{BROKE_MID_ANSWER} ({_host(provider.base_url)} closed it)")
+    return StreamDropped(provider.redact(f"{BROKE_MID_ANSWER} ({name}: {exc})"))
 
 
 def _shutdown(response: Any) -> None:

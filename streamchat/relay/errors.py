@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .._chunks import NOT_AN_OBJECT, NOT_JSON
 from ..errors import (
+    BROKE_MID_ANSWER,
     AuthenticationError,
     BadRequestError,
     ConnectError,
@@ -102,8 +104,8 @@ def provider_failure(exc: BaseException, model: str | None) -> PublicError:
     return PublicError(502, "upstream_error", "the provider failed")
 
 
-_BROKE = ("the connection broke mid-answer",)
-_MALFORMED = ("malformed chunk, not JSON", "malformed chunk, not a JSON object", "malformed chunk")
+_BROKE = (BROKE_MID_ANSWER,)
+_MALFORMED = (NOT_JSON, NOT_AN_OBJECT, "malformed chunk")
 
 
 def _core_phrase(exc: ProviderError, phrases: tuple[str, ...]) -> str:
